@@ -1,0 +1,69 @@
+"""The ``mirror-unet`` command line: one sub-command per module in ``mirror_unet_hf.commands``.
+
+Each command module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
+User mistakes (``UserInputError``) print one line and exit with code 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import UserInputError
+
+# command name -> module under mirror_unet_hf.commands
+COMMANDS = {
+    "presets": "presets",
+    "evaluate": "evaluate",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mirror-unet",
+        description="Mirror U-Net on the Hugging Face stack: presets, data, inference, evaluation, Hub, demo.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of user errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(f"mirror_unet_hf.commands.{module_name}")
+        command_parser = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(command_parser)
+        command_parser.set_defaults(_run=module.run)
+    return parser
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """Exception types that mean 'the user passed something wrong' (config validation included)."""
+    types: list[type[BaseException]] = [UserInputError, FileNotFoundError]
+    try:
+        from huggingface_hub.errors import StrictDataclassClassValidationError, StrictDataclassFieldValidationError
+
+        types += [StrictDataclassClassValidationError, StrictDataclassFieldValidationError]
+    except ImportError:  # older huggingface_hub: validation errors surface as ValueError subclasses
+        pass
+    return tuple(types)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except user_error_types() as error:
+        if args.debug:
+            raise
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"mirror-unet {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # output piped into `head` and closed early
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        print(f"mirror-unet {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""The `mirror-unet` console script: presets listing and the one-line error style."""
+
+import json
+import subprocess
+import sys
+
+from mirror_unet_hf import PRESETS
+from mirror_unet_hf.cli import main
+
+
+def test_presets_lists_every_preset_with_tasks_and_parameter_count(capsys):
+    assert main(["presets"]) == 0
+    text = capsys.readouterr().out
+    for name in PRESETS:
+        assert f"{name}  (" in text
+    assert "autopet-v3  (7.95 M parameters; inputs: ct, pet)" in text
+    assert "- branch `pet` [pet]: segmentation of lesion" in text
+    assert "- classification head [bottleneck of `pet`]: lesion presence" in text
+
+
+def test_presets_json_has_exact_parameter_counts(capsys):
+    assert main(["presets", "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows["autopet-early-fusion"]["parameters"] == 4_809_781
+    assert rows["brats-v1"]["final_mask"] == "union: flair, t1gd"
+
+
+def test_console_script_is_installed_and_unknown_command_exits_2():
+    ok = subprocess.run([sys.executable, "-m", "mirror_unet_hf.cli", "presets"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "autopet-v1" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "mirror_unet_hf.cli", "nonsense"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "invalid choice: 'nonsense'" in bad.stderr
