@@ -10,12 +10,15 @@ import argparse
 import importlib
 import sys
 
-from .errors import UserInputError
+from .errors import CONFIG_ERRORS, UserInputError, one_line
 
 # command name -> module under mirror_unet_hf.commands
 COMMANDS = {
+    "make-phantoms": "make_phantoms",
     "presets": "presets",
+    "predict": "predict",
     "evaluate": "evaluate",
+    "push": "push",
 }
 
 
@@ -36,14 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Exception types that mean 'the user passed something wrong' (config validation included)."""
-    types: list[type[BaseException]] = [UserInputError, FileNotFoundError]
-    try:
-        from huggingface_hub.errors import StrictDataclassClassValidationError, StrictDataclassFieldValidationError
-
-        types += [StrictDataclassClassValidationError, StrictDataclassFieldValidationError]
-    except ImportError:  # older huggingface_hub: validation errors surface as ValueError subclasses
-        pass
-    return tuple(types)
+    return (UserInputError, FileNotFoundError, *CONFIG_ERRORS)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,8 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     except user_error_types() as error:
         if args.debug:
             raise
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"mirror-unet {args.command}: error: {message}", file=sys.stderr)
+        print(f"mirror-unet {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head` and closed early
         sys.stderr.close()

@@ -1,9 +1,23 @@
 """The one error type for user mistakes (bad file, flag or value).
 
-Entry points catch ``UserInputError`` and print its message on one line with exit code 2;
-any other exception is an internal error and keeps its traceback.
+Entry points catch ``UserInputError`` (and the config's validation errors, ``CONFIG_ERRORS``) and print
+the message on one line with exit code 2; any other exception is an internal error and keeps its traceback.
 """
+
+from huggingface_hub.errors import StrictDataclassClassValidationError, StrictDataclassFieldValidationError
 
 
 class UserInputError(ValueError):
     """A mistake in what the user passed: names the file, flag or value and what was expected."""
+
+
+# What `MirrorUNetConfig(...)` raises for a bad field; the last line of the message names the value.
+CONFIG_ERRORS = (StrictDataclassClassValidationError, StrictDataclassFieldValidationError)
+
+
+def one_line(error: BaseException) -> str:
+    """The line of an error message that says what is wrong (config errors put it last)."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return lines[-1] if isinstance(error, CONFIG_ERRORS) else lines[0]

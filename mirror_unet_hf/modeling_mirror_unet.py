@@ -339,6 +339,9 @@ class MirrorUNetOutput(ModelOutput):
 # ---------------------------------------------------------------------------------------------
 
 
+PARTS = ("logits", "branches", "bottleneck_decoder", "classification")
+
+
 class MirrorUNetPreTrainedModel(PreTrainedModel):
     config_class = MirrorUNetConfig
     config: MirrorUNetConfig
@@ -495,6 +498,7 @@ class MirrorUNetModel(MirrorUNetPreTrainedModel):
         labels: torch.LongTensor | None = None,
         class_labels: torch.LongTensor | None = None,
         return_dict: bool | None = None,
+        parts: tuple[str, ...] | list[str] | None = None,
         **kwargs,
     ) -> MirrorUNetOutput | tuple:
         r"""
@@ -504,28 +508,47 @@ class MirrorUNetModel(MirrorUNetPreTrainedModel):
             Dataset label map values; when given, the loss and its terms are returned.
         class_labels (`torch.LongTensor` of shape `(B,)`, *optional*):
             Diagnosis index per sample for a diagnosis head (-1 = unknown, left out of the loss).
+        parts (`list[str]`, *optional*):
+            Compute only these outputs, from `"logits"`, `"branches"`, `"bottleneck_decoder"`,
+            `"classification"` (default: all). With `["logits"]` only the final-mask branches run —
+            branches meet only at the bottleneck, so the others cannot change the final mask. Inference
+            uses this; training (with `labels`) always computes everything.
         """
         config = self.config
         self._check_inputs(pixel_values, labels, class_labels)
+        parts = set(PARTS if parts is None or labels is not None else parts)
+        unknown = parts - set(PARTS)
+        if unknown:
+            raise ValueError(f"parts {sorted(unknown)} are unknown; expected any of: {', '.join(PARTS)}")
+        decode = set(config.final_mask_branches) if "logits" in parts else set()
+        if "branches" in parts:
+            decode |= {b["name"] for b in config.branches}
+        encode = set(decode)
+        if "bottleneck_decoder" in parts and self.bottleneck_decoder is not None:
+            encode |= {b["name"] for b in config.branches}
+        if "classification" in parts and self.classification_head is not None:
+            encode.add(config.classification_head["branch"])
 
         skips, bottlenecks, branch_outputs = {}, {}, {}
         for spec in config.branches:
             name = spec["name"]
-            x = pixel_values[:, [self._input_index[m] for m in spec["inputs"]]]
-            skips[name], bottlenecks[name] = self.branches[name].encode(x, self.shared)
+            if name in encode:
+                x = pixel_values[:, [self._input_index[m] for m in spec["inputs"]]]
+                skips[name], bottlenecks[name] = self.branches[name].encode(x, self.shared)
         for spec in config.branches:
             name = spec["name"]
-            out = self.branches[name].decode(skips[name], bottlenecks[name], self.shared)
-            if out is not None:
-                branch_outputs[name] = out
+            if name in decode:
+                out = self.branches[name].decode(skips[name], bottlenecks[name], self.shared)
+                if out is not None:
+                    branch_outputs[name] = out
 
         bottleneck_out = None
-        if self.bottleneck_decoder is not None:
+        if self.bottleneck_decoder is not None and "bottleneck_decoder" in parts:
             bottleneck_out = self.bottleneck_decoder([bottlenecks[b["name"]] for b in config.branches])
         cls_logits = None
-        if self.classification_head is not None:
+        if self.classification_head is not None and "classification" in parts:
             cls_logits = self.classification_head(bottlenecks[config.classification_head["branch"]])
-        logits = self.combine_final_logits(branch_outputs)
+        logits = self.combine_final_logits(branch_outputs) if "logits" in parts else None
 
         loss, terms = None, None
         if labels is not None:

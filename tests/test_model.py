@@ -218,7 +218,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     plain = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
     model.activation_checkpointing_enable()
-    assert model.is_gradient_checkpointing
+    assert model.is_activation_checkpointing
     model(x, labels=labels).loss.backward()
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, plain[n], rtol=1e-4, atol=1e-6, msg=n)
@@ -229,3 +229,27 @@ def test_tuple_output_when_return_dict_is_false():
     with torch.no_grad():
         out = model(torch.rand(1, 2, SIDE, SIDE, SIDE), return_dict=False)
     assert isinstance(out, tuple) and out[0].shape == (1, 2, SIDE, SIDE, SIDE)
+
+
+def test_logits_only_runs_just_the_final_mask_branch_and_gives_the_same_logits():
+    model = MirrorUNetModel(MirrorUNetConfig.from_preset("autopet-v3")).eval()
+    x = torch.rand(1, 2, SIDE, SIDE, SIDE)
+    calls = []
+    hook = model.branches["ct"].register_forward_pre_hook(lambda *a: calls.append("ct"))
+    for level in model.branches["ct"].own.values():
+        level.register_forward_hook(lambda *a: calls.append("ct-level"))
+    with torch.no_grad():
+        full = model(x)
+        calls.clear()
+        only = model(x, parts=["logits"])
+    hook.remove()
+    assert calls == [], "the CT branch must not run for the final mask of v3"
+    assert torch.equal(full.logits, only.logits)
+    assert only.bottleneck_decoder_output is None and only.classification_logits is None
+    assert set(only.branch_outputs) == {"pet"}
+
+
+def test_unknown_part_is_refused():
+    model = MirrorUNetModel(MirrorUNetConfig.from_preset("autopet-v1"))
+    with pytest.raises(ValueError, match=r"parts \['mask'\] are unknown; expected any of: logits, branches"):
+        model(torch.rand(1, 2, SIDE, SIDE, SIDE), parts=["mask"])

@@ -1,0 +1,194 @@
+"""`mirror-unet predict`: segment one study or a whole dataset folder with a Mirror U-Net checkpoint."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from ..errors import UserInputError
+
+HELP = "segment studies (NIfTI) with a checkpoint folder or Hub id; writes a uint8 mask on the reference grid"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, help="save_pretrained folder or Hub id (org/name)")
+    source = parser.add_argument_group("input (one of)")
+    source.add_argument(
+        "--input", action="append", default=[], metavar="NAME=PATH",
+        help="one modality file, named as in the model config (repeat: --input ct=CTres.nii.gz --input pet=SUV.nii.gz)",
+    )
+    source.add_argument("--study", help="an AutoPET study folder (CTres/SUV.nii.gz) or an MSD 4D image")
+    source.add_argument("--input-dir", help="a dataset folder (AutoPET or MSD layout, or study folders): every study")
+    output = parser.add_argument_group("output")
+    output.add_argument("--out", help="mask file for --input/--study (.nii.gz)")
+    output.add_argument("--out-dir", help="folder for --input-dir: <case_id>.nii.gz per study (what `evaluate --pred` reads)")
+    output.add_argument("--lesions", help="lesion table CSV for --input/--study (a JSON summary is written beside it); PET models")
+    output.add_argument("--save-branches", metavar="DIR", help="also write each branch / bottleneck-decoder output as NIfTI here")
+    output.add_argument("--overwrite", action="store_true", help="replace existing outputs (refused by default)")
+    run = parser.add_argument_group("how to run")
+    run.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="fp32 (exact) or bf16 autocast")
+    run.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    run.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap fraction")
+    run.add_argument("--window", type=int, nargs=3, metavar=("X", "Y", "Z"), help="window size in voxels (default: the model's patch size)")
+    run.add_argument("--window-batch", type=int, default=1, help="windows per forward pass")
+    run.add_argument("--blend", choices=["constant", "gaussian"], default="constant", help="blending of overlapping windows")
+    run.add_argument("--skip-bad", action="store_true", help="with --input-dir: continue past studies that fail and list them at the end")
+
+
+def _parse_inputs(pairs: list[str]) -> dict[str, Path]:
+    inputs = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise UserInputError(f"--input {pair!r}: expected NAME=PATH, e.g. --input pet=SUV.nii.gz")
+        if name in inputs:
+            raise UserInputError(f"--input names modality {name!r} twice")
+        inputs[name] = Path(path)
+    return inputs
+
+
+def _check_output(path: Path | None, overwrite: bool, flag: str) -> None:
+    if path is None:
+        return
+    if not path.name.endswith((".nii.gz", ".nii")) and flag == "--out":
+        raise UserInputError(f"{flag} {path}: expected a .nii.gz or .nii file name")
+    if not path.parent.is_dir():
+        raise UserInputError(f"{flag} {path}: folder {path.parent} does not exist")
+    if path.exists() and not overwrite:
+        raise UserInputError(f"{flag} {path} already exists; pass --overwrite to replace it")
+
+
+def dataset_studies(folder: Path) -> dict[str, Path]:
+    """case_id → study (AutoPET study folder or MSD 4D image) for a dataset folder, with the same case
+    ids as the dataset builder (so `evaluate` matches predictions to ground truth)."""
+    from ..data.builder import discover_studies, find_dataset_root
+
+    if not folder.is_dir():
+        raise UserInputError(f"--input-dir {folder} is not a folder")
+    for name in ("autopet", "brain_tumour"):
+        try:
+            root = find_dataset_root(name, folder)
+        except UserInputError:
+            continue
+        studies = discover_studies(name, root)
+        role = "pet" if name == "autopet" else "image"
+        return {s.case_id: (s.files[role].parent if role == "pet" else s.files[role]) for s in studies if role in s.files}
+    raise UserInputError(
+        f"--input-dir {folder}: no studies found; expected an AutoPET tree (<patient>/<study>/SUV.nii.gz) or an "
+        "MSD folder (dataset.json, imagesTr/)"
+    )
+
+
+def _write_branches(prediction, folder: Path, stem: str, overwrite: bool) -> None:
+    from ..data.nifti_io import save_nifti
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, image in prediction.branches.items():
+        path = folder / f"{stem}_{name}.nii.gz"
+        if path.exists() and not overwrite:
+            raise UserInputError(f"--save-branches: {path} already exists; pass --overwrite to replace it")
+        save_nifti(image, path)
+
+
+def _lesions(prediction, pet_source, csv_path: Path, overwrite: bool) -> dict:
+    import numpy as np
+
+    from ..data.nifti_io import load_nifti
+    from ..lesions import lesion_table, write_lesion_table
+
+    pet = np.asanyarray(load_nifti(pet_source).dataobj, dtype=np.float32)
+    mask = np.asanyarray(prediction.mask.dataobj)
+    table = lesion_table(mask, pet, prediction.mask.affine)
+    json_path = csv_path.with_name(csv_path.name.removesuffix(".csv") + ".json")
+    write_lesion_table(table, csv_path, json_path, overwrite=overwrite)
+    return table.summary()
+
+
+def run(args) -> int:
+    from ..data.nifti_io import save_nifti
+    from ..inference import load_model, predict_study, study_inputs
+    from ..sliding_window import SlidingWindowSettings
+
+    chosen = [flag for flag, value in (("--input", args.input), ("--study", args.study), ("--input-dir", args.input_dir)) if value]
+    if len(chosen) != 1:
+        raise UserInputError(f"give exactly one of --input, --study, --input-dir (got {', '.join(chosen) or 'none'})")
+    single = not args.input_dir
+    if single and not args.out:
+        raise UserInputError("--out is required with --input/--study (the mask file to write)")
+    if not single and not args.out_dir:
+        raise UserInputError("--out-dir is required with --input-dir")
+    if not single and args.lesions:
+        raise UserInputError("--lesions is for one study; with --input-dir, run evaluate or predict per study")
+    out = Path(args.out) if args.out else None
+    lesions = Path(args.lesions) if args.lesions else None
+    _check_output(out, args.overwrite, "--out")
+    _check_output(lesions, args.overwrite, "--lesions")
+    settings = SlidingWindowSettings(
+        window=tuple(args.window) if args.window else None, overlap=args.overlap, window_batch=args.window_batch,
+        blend=args.blend, precision=args.precision, device=args.device,
+    )
+    settings.check()
+    model = load_model(args.model, device=args.device)
+    modalities = list(model.config.modalities)
+    if lesions is not None and "pet" not in modalities:
+        raise UserInputError(f"--lesions needs a PET model; this model reads {', '.join(modalities)}")
+    with_branches = bool(args.save_branches)
+
+    if single:
+        inputs = _parse_inputs(args.input) if args.input else study_inputs(args.study, modalities)
+        prediction = predict_study(model, inputs, settings, with_branches=with_branches, progress=_progress_bar())
+        save_nifti(prediction.mask, out)
+        summary = {"mask": str(out), "seconds": {k: round(v, 2) for k, v in prediction.seconds.items()}}
+        if prediction.classification is not None:
+            summary["classification"] = prediction.classification
+        if lesions is not None:
+            summary["lesions"] = _lesions(prediction, inputs["pet"], lesions, args.overwrite)
+        if with_branches:
+            _write_branches(prediction, Path(args.save_branches), out.name.split(".nii")[0], args.overwrite)
+        print(json.dumps(summary, indent=2))
+        return 0
+
+    out_dir = Path(args.out_dir)
+    if not out_dir.parent.is_dir():
+        raise UserInputError(f"--out-dir {out_dir}: folder {out_dir.parent} does not exist")
+    studies = dataset_studies(Path(args.input_dir))
+    existing = [case for case in studies if (out_dir / f"{case}.nii.gz").exists()]
+    if existing and not args.overwrite:
+        raise UserInputError(f"--out-dir {out_dir} already holds {len(existing)} of these predictions (e.g. {existing[0]}.nii.gz); pass --overwrite")
+    out_dir.mkdir(exist_ok=True)
+    failures = []
+    from tqdm.auto import tqdm
+
+    for case_id, study in tqdm(studies.items(), desc="studies", unit="study", file=sys.stderr):
+        try:
+            prediction = predict_study(model, study_inputs(study, modalities), settings, with_branches=with_branches, case_id=case_id)
+            save_nifti(prediction.mask, out_dir / f"{case_id}.nii.gz")
+            if with_branches:
+                _write_branches(prediction, Path(args.save_branches), case_id, args.overwrite)
+        except UserInputError as error:
+            if not args.skip_bad:
+                raise
+            failures.append((case_id, str(error).splitlines()[0]))
+    done = len(studies) - len(failures)
+    print(f"wrote {done} of {len(studies)} masks to {out_dir}")
+    for case_id, message in failures:
+        print(f"failed: {case_id}: {message}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _progress_bar():
+    from tqdm.auto import tqdm
+
+    bar = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc="windows", unit="window", file=sys.stderr, leave=False)
+        bar.n = done
+        bar.refresh()
+        if done >= total:
+            bar.close()
+
+    return update

@@ -1,0 +1,76 @@
+"""Data for Mirror U-Net: dataset builder, preprocessing, patch sampling and synthetic phantoms.
+
+- ``load_mirror_dataset(name, data_dir, fold, num_folds, cache_dir, skip_bad)`` -> ``DatasetDict`` (train/validation)
+- ``preprocess_study(images, config, label)`` -> ``PreprocessedStudy``; ``to_reference_grid`` maps results back
+- ``MirrorPatchDataset`` (training patches), ``prepare_studies`` (whole preprocessed studies for validation)
+- ``make_phantoms(layout, out_dir, n, seed, shape)`` writes synthetic studies in the real layouts
+"""
+
+from .builder import MirrorDatasetBuilder, MirrorDatasetConfig, load_mirror_dataset
+from .constants import (
+    AUTOPET_FILES,
+    AUTOPET_LABEL_FILE,
+    AUTOPET_LABEL_NAMES,
+    AUTOPET_MODALITIES,
+    BRAIN_TUMOUR_LABEL_NAMES,
+    BRAIN_TUMOUR_MODALITIES,
+    DATASET_NAMES,
+    DIAGNOSIS_NAMES,
+    LABEL_NAMES,
+    MODALITIES,
+    UNKNOWN_DIAGNOSIS,
+    diagnosis_index,
+)
+from .phantoms import make_phantoms
+from .preprocessing import (
+    PreprocessedStudy,
+    PreprocessingConfig,
+    crop_to_box,
+    default_foreground_channels,
+    foreground_box,
+    preprocess_study,
+    to_reference_grid,
+)
+from .sampling import (
+    MirrorPatchDataset,
+    PreparedStudies,
+    extract_patch,
+    prepare_studies,
+    sample_patch_centres,
+    sample_patches,
+)
+from .splits import assign_folds, split_indices
+
+__all__ = [
+    "AUTOPET_FILES",
+    "AUTOPET_LABEL_FILE",
+    "AUTOPET_LABEL_NAMES",
+    "AUTOPET_MODALITIES",
+    "BRAIN_TUMOUR_LABEL_NAMES",
+    "BRAIN_TUMOUR_MODALITIES",
+    "DATASET_NAMES",
+    "DIAGNOSIS_NAMES",
+    "LABEL_NAMES",
+    "MODALITIES",
+    "UNKNOWN_DIAGNOSIS",
+    "MirrorDatasetBuilder",
+    "MirrorDatasetConfig",
+    "MirrorPatchDataset",
+    "PreparedStudies",
+    "PreprocessedStudy",
+    "PreprocessingConfig",
+    "assign_folds",
+    "crop_to_box",
+    "default_foreground_channels",
+    "diagnosis_index",
+    "extract_patch",
+    "foreground_box",
+    "load_mirror_dataset",
+    "make_phantoms",
+    "prepare_studies",
+    "preprocess_study",
+    "sample_patch_centres",
+    "sample_patches",
+    "split_indices",
+    "to_reference_grid",
+]

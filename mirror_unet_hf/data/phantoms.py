@@ -1,0 +1,617 @@
+"""Synthetic AutoPET and MSD BrainTumour studies, written in exactly the real on-disk layouts.
+
+``make_phantoms("autopet" | "brain_tumour", out_dir, n, seed, shape=None)`` writes ``n`` studies that go
+through the same builder as the real data. Same seed -> byte-identical files; studies are drawn from
+per-patient seeds, so the first studies of ``n=4`` equal those of ``n=8``. The dataset folder is built
+next to its destination and renamed into place (nothing half-written is ever visible).
+
+AutoPET phantoms (default 96 x 96 x 80 voxels at 2.0 x 2.0 x 3.0 mm, AutoPET's LAS affine): a
+child-sized body from pelvis to head squeezed into a 192 x 192 x 240 mm field of view so a CPU
+training run over 16 studies takes minutes. CT in HU: air -1000, table, subcutaneous/visceral fat
+~-100, soft tissue ~40, lungs ~-820 with vessels, liver ~60, spleen, kidneys, bladder, heart, aorta,
+spine/ribs/pelvis/skull ~+250..+900, bowel gas. PET in SUV: background 0.5-1.5, liver ~2, and the
+classic false-positive traps: brain (6-11), myocardium (1.5-12), renal pelvis, bladder (8-40), tonsils,
+stomach. Lesions per diagnosis: lymphoma = clustered nodes in 1-3 nodal stations (+ spleen);
+lung cancer = lung primary +/- hilar/mediastinal node; melanoma = scattered liver / lung / skin /
+nodal lesions; about half the studies negative. Lesion SUV 3-18 (some subtle, 3-4), diameters
+6-32 mm, PET blurred to 6-7 mm FWHM with signal-dependent correlated noise. Every third patient has a
+follow-up study (same anatomy, moved on the table, lesions evolved) to exercise patient grouping.
+A ``Clinical Metadata FDG PET_CT Lesions.csv`` next to ``FDG-PET-CT-Lesions`` gives the diagnoses.
+
+BrainTumour phantoms (default 64 x 80 x 64 at 2 mm, 4D channel-last FLAIR/T1w/T1Gd/T2w): head with
+scalp, skull ring, CSF, folded grey matter, white matter, lateral ventricles and falx, and a glioma:
+necrotic core (label 2; dark on T1Gd, bright on T2), enhancing rim (label 3; bright on T1Gd) in 85 %
+of cases, and edema (label 1; bright on FLAIR and T2), with bias field and noise. Real MSD images are
+skull-stripped; these keep the skull so that foreground cropping has something to do.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from ..errors import UserInputError
+from .constants import (
+    AUTOPET_FILES,
+    AUTOPET_FOLDER,
+    AUTOPET_LABEL_FILE,
+    AUTOPET_METADATA_CSV,
+    BRAIN_TUMOUR_FOLDER,
+)
+from .nifti_io import atomic_write_bytes, encode_nifti
+
+AUTOPET_SHAPE = (96, 96, 80)
+AUTOPET_SPACING = (2.0, 2.0, 3.0)
+BRAIN_SHAPE = (64, 80, 64)
+BRAIN_SPACING = (2.0, 2.0, 2.0)
+MIN_SIZE = 16
+
+# diagnoses of each block of six patients (shuffled per block): half negative
+_DIAGNOSIS_BLOCK = ("negative", "lymphoma", "negative", "melanoma", "negative", "lung_cancer")
+
+
+def make_phantoms(
+    layout: str,
+    out_dir: str | os.PathLike,
+    n: int,
+    seed: int,
+    shape: Sequence[int] | None = None,
+) -> Path:
+    """Write ``n`` phantom studies under ``out_dir`` in the real layout and return the dataset folder.
+
+    ``layout``: ``"autopet"`` -> ``out_dir/FDG-PET-CT-Lesions/<patient>/<study>/{CTres,SUV,SEG}.nii.gz`` plus
+    ``out_dir/Clinical Metadata FDG PET_CT Lesions.csv``; ``"brain_tumour"`` ->
+    ``out_dir/Task01_BrainTumour/{dataset.json, imagesTr/BRATS_XXX.nii.gz, labelsTr/BRATS_XXX.nii.gz}``.
+    ``shape``: voxels per axis (default 96x96x80 / 64x80x64); anatomy scales with the field of view.
+    Refuses to overwrite an existing dataset folder.
+    """
+    if layout not in ("autopet", "brain_tumour"):
+        raise UserInputError(f"unknown phantom layout {layout!r}; expected autopet or brain_tumour")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise UserInputError(f"n must be a positive integer number of studies, got {n!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise UserInputError(f"seed must be a non-negative integer, got {seed!r}")
+    shape = tuple(AUTOPET_SHAPE if layout == "autopet" else BRAIN_SHAPE) if shape is None else tuple(shape)
+    if len(shape) != 3 or not all(isinstance(v, (int, np.integer)) and v >= MIN_SIZE for v in shape):
+        raise UserInputError(f"shape must be three integers >= {MIN_SIZE}, got {shape!r}")
+    shape = tuple(int(v) for v in shape)
+    out_dir = Path(out_dir)
+    folder = AUTOPET_FOLDER if layout == "autopet" else BRAIN_TUMOUR_FOLDER
+    target = out_dir / folder
+    if target.exists():
+        raise UserInputError(f"{str(target)!r} already exists; choose an empty output folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder}.", suffix=".tmp", dir=out_dir))
+    try:
+        if layout == "autopet":
+            rows = _write_autopet(staging / folder, int(n), int(seed), shape)
+            atomic_write_bytes(out_dir / AUTOPET_METADATA_CSV, _metadata_csv(rows))
+        else:
+            _write_brain_tumour(staging / folder, int(n), int(seed), shape)
+        os.replace(staging / folder, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+# ============================================================================================ AutoPET
+
+
+@dataclass
+class _Study:
+    patient: str
+    folder: str
+    date: datetime.date
+    diagnosis: str
+    age: int
+    sex: str
+
+
+def _autopet_plan(n: int, seed: int) -> list[tuple[int, int]]:
+    """(patient index, study index within the patient) for ``n`` studies; every third patient has two."""
+    plan, patient = [], 0
+    while len(plan) < n:
+        studies = 2 if patient % 3 == 1 and n - len(plan) >= 2 else 1
+        plan += [(patient, s) for s in range(studies)]
+        patient += 1
+    return plan
+
+
+def _patient_diagnosis(seed: int, patient: int) -> str:
+    block = np.random.default_rng([seed, 10_000 + patient // len(_DIAGNOSIS_BLOCK)]).permutation(len(_DIAGNOSIS_BLOCK))
+    return _DIAGNOSIS_BLOCK[block[patient % len(_DIAGNOSIS_BLOCK)]]
+
+
+def _write_autopet(root: Path, n: int, seed: int, shape: tuple[int, int, int]) -> list[_Study]:
+    rows = []
+    plan = _autopet_plan(n, seed)
+    current = None
+    for patient, study_index in plan:
+        if current is None or current[0] != patient:
+            rng = np.random.default_rng([seed, patient, 0])
+            diagnosis = _patient_diagnosis(seed, patient)
+            anatomy = _draw_anatomy(rng, shape)
+            lesions = _draw_lesions(rng, diagnosis, anatomy) if diagnosis != "negative" else []
+            identity = {
+                "patient": "PETCT_" + rng.bytes(5).hex(),
+                "age": int(rng.integers(22, 85)),
+                "sex": "F" if rng.random() < 0.5 else "M",
+                "first_date": datetime.date(2003, 1, 1) + datetime.timedelta(days=int(rng.integers(0, 4500))),
+            }
+            current = (patient, diagnosis, anatomy, lesions, identity)
+        _, diagnosis, anatomy, lesions, identity = current
+        rng = np.random.default_rng([seed, patient, 1 + study_index])
+        if study_index > 0 and lesions:
+            lesions = _follow_up_lesions(rng, lesions, anatomy, diagnosis)
+        date = identity["first_date"] + datetime.timedelta(days=int(rng.integers(90, 400)) * study_index)
+        folder = f"{date:%m-%d-%Y}-NA-PET-CT Ganzkoerper  primaer mit KM-{int(rng.integers(10000, 99999))}"
+        ct, suv, seg, affine = _render_autopet(rng, anatomy, lesions)
+        study_dir = root / identity["patient"] / folder
+        for array, filename in ((ct, AUTOPET_FILES["ct"]), (suv, AUTOPET_FILES["pet"]), (seg, AUTOPET_LABEL_FILE)):
+            atomic_write_bytes(study_dir / filename, encode_nifti(_nifti(array, affine), compresslevel=6))
+        rows.append(_Study(identity["patient"], folder, date, "negative" if not np.any(seg) else diagnosis, identity["age"], identity["sex"]))
+    return rows
+
+
+def _nifti(array: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
+    """A NIfTI image stored in the array's own dtype, scanner-anatomical qform and sform, millimetres."""
+    image = nib.Nifti1Image(array, affine)
+    image.header.set_data_dtype(array.dtype)
+    image.header.set_xyzt_units("mm", "sec")
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    return image
+
+
+def _metadata_csv(rows: list[_Study]) -> bytes:
+    """The TCIA metadata format: one row per series (CT, PT, SEG); dates m/d/YYYY; diagnosis in capitals."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["Subject ID", "Study UID", "Study Description", "Study Date", "Modality", "diagnosis", "age", "sex"])
+    for number, row in enumerate(rows):
+        uid = f"1.2.826.0.1.3680043.8.498.{number + 1}"
+        for modality in ("CT", "PT", "SEG"):
+            writer.writerow(
+                [row.patient, uid, "PET-CT Ganzkoerper  primaer mit KM", f"{row.date.month}/{row.date.day}/{row.date.year}",
+                 modality, row.diagnosis.upper(), f"{row.age}Y", row.sex]
+            )
+    return buffer.getvalue().encode()
+
+
+class _Space:
+    """Broadcast voxel coordinates of a study in body millimetres (X: patient right +, Y: anterior +, Z: up from the FOV floor)."""
+
+    def __init__(self, shape, spacing, shift=(0.0, 0.0, 0.0)):
+        nx, ny, nz = shape
+        sx, sy, sz = spacing
+        # the array's first axis runs towards the patient's left, as in AutoPET's LAS files
+        self.X = (((nx - 1) / 2.0 - np.arange(nx)) * sx - shift[0]).astype(np.float32)[:, None, None]
+        self.Y = ((np.arange(ny) - (ny - 1) / 2.0) * sy - shift[1]).astype(np.float32)[None, :, None]
+        self.Z = ((np.arange(nz) + 0.5) * sz - shift[2]).astype(np.float32)[None, None, :]
+        self.shape = tuple(shape)
+        self.spacing = tuple(spacing)
+
+    def ellipsoid(self, centre, radii):
+        """Normalised squared distance to an axis-aligned ellipsoid (<= 1 inside)."""
+        return ((self.X - centre[0]) / radii[0]) ** 2 + ((self.Y - centre[1]) / radii[1]) ** 2 + ((self.Z - centre[2]) / radii[2]) ** 2
+
+
+def _smooth_noise(rng, shape, sigma):
+    field = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma)
+    return field / max(float(field.std()), 1e-6)
+
+
+def _draw_anatomy(rng, shape) -> dict:
+    """Per-patient body geometry (mm) and tracer uptake; organ positions are fractions of the trunk size."""
+    nx, _, nz = shape
+    sx, _, sz = AUTOPET_SPACING
+    half_width = 0.5 * nx * sx
+    A = half_width * rng.uniform(0.74, 0.86)  # trunk half-width
+    B = A * rng.uniform(0.60, 0.72)  # trunk half-depth
+    H = nz * sz
+    def jitter():
+        return rng.uniform(0.9, 1.1)  # one organ-size factor per call
+    return {
+        "shape": tuple(shape), "A": A, "B": B, "H": H,
+        "fat": rng.uniform(0.05, 0.16),  # subcutaneous fat thickness / A
+        "visceral": rng.uniform(-0.6, 0.6),  # visceral fat threshold (lower = more fat)
+        "outline": [(rng.uniform(-0.03, 0.03), rng.uniform(0, 2 * np.pi)) for _ in range(3)],
+        "liver": jitter(), "spleen": jitter(), "kidney": jitter(), "heart": jitter(), "lung": jitter(), "bladder": rng.uniform(0.7, 1.2),
+        "suv_muscle": rng.uniform(0.6, 1.2), "suv_liver": rng.uniform(1.8, 2.6), "suv_brain": rng.uniform(6.0, 11.0),
+        "suv_heart": rng.uniform(1.5, 12.0) if rng.random() < 0.6 else rng.uniform(1.5, 3.0),
+        "suv_kidney": rng.uniform(2.5, 4.0), "suv_urine": rng.uniform(6.0, 25.0), "suv_bladder": rng.uniform(8.0, 40.0),
+        "suv_stomach": rng.uniform(1.2, 3.5), "suv_tonsil": rng.uniform(2.0, 4.5),
+        "organ_seed": int(rng.integers(2**31)),
+    }
+
+
+def _body_parts(space: _Space, a: dict) -> dict:
+    """Boolean masks and distance maps of the anatomy (no randomness beyond the patient's organ seed)."""
+    A, B, H = a["A"], a["B"], a["H"]
+    X, Y, Z = space.X, space.Y, space.Z
+    t = Z / H
+    # trunk: elliptical section whose width follows a profile, flatter at the back, wobbly outline
+    width = np.interp(t, [0.0, 0.12, 0.3, 0.55, 0.66, 0.70, 0.725, 0.74], [0.93, 0.97, 0.88, 1.0, 1.02, 0.92, 0.68, 0.3]).astype(np.float32) * A
+    depth = np.interp(t, [0.0, 0.3, 0.6, 0.72], [1.0, 0.95, 1.05, 0.8]).astype(np.float32) * B
+    depth = np.where(Y < 0, depth * 0.93, depth)
+    theta = np.arctan2(Y / depth, X / width)
+    wobble = 1.0 + sum(c * np.cos((k + 2) * theta + phase) for k, (c, phase) in enumerate(a["outline"]))
+    rho = np.sqrt((X / width) ** 2 + (Y / depth) ** 2) / wobble
+    trunk = (rho <= 1.0) & (t <= 0.74)
+    neck = (((X / (0.30 * A)) ** 2 + ((Y + 0.3 * B) / (0.34 * A)) ** 2) <= 1.0) & (t > 0.68) & (t < 0.82)
+    head_d = space.ellipsoid((0.0, 0.08 * B, 0.885 * H), (0.48 * A, 0.58 * A, 0.11 * H))
+    head = head_d <= 1.0
+    body = trunk | neck | head
+    organs = {
+        "body": body, "trunk": trunk, "rho": np.where(trunk, rho, 2.0), "t": t,
+        "head_d": head_d, "head": head,
+    }
+    L = a["lung"]
+    organs["lung_r"] = space.ellipsoid((0.44 * A, -0.02 * B, 0.575 * H), (0.34 * A * L, 0.70 * B * L, 0.125 * H * L)) <= 1
+    organs["lung_l"] = space.ellipsoid((-0.44 * A, -0.02 * B, 0.575 * H), (0.34 * A * L, 0.70 * B * L, 0.125 * H * L)) <= 1
+    organs["heart_d"] = space.ellipsoid((-0.12 * A, 0.22 * B, 0.52 * H), (0.30 * A * a["heart"], 0.42 * B * a["heart"], 0.07 * H))
+    organs["liver"] = (space.ellipsoid((0.34 * A, 0.02 * B, 0.41 * H), (0.46 * A * a["liver"], 0.70 * B * a["liver"], 0.11 * H)) <= 1) & (rho < 0.9)
+    organs["spleen"] = space.ellipsoid((-0.55 * A, -0.30 * B, 0.41 * H), (0.16 * A * a["spleen"], 0.28 * B * a["spleen"], 0.05 * H)) <= 1
+    organs["stomach"] = space.ellipsoid((-0.30 * A, 0.30 * B, 0.43 * H), (0.22 * A, 0.28 * B, 0.045 * H)) <= 1
+    k = a["kidney"]
+    organs["kidney_d"] = np.minimum(
+        space.ellipsoid((0.34 * A, -0.46 * B, 0.300 * H), (0.13 * A * k, 0.20 * B * k, 0.055 * H)),
+        space.ellipsoid((-0.34 * A, -0.46 * B, 0.315 * H), (0.13 * A * k, 0.20 * B * k, 0.055 * H)),
+    )
+    organs["bladder"] = space.ellipsoid((0.0, 0.30 * B, 0.075 * H), (0.26 * A * a["bladder"], 0.30 * B * a["bladder"], 0.045 * H)) <= 1
+    organs["aorta"] = (((X + 0.08 * A) ** 2 + (Y + 0.30 * B) ** 2) <= (0.07 * A) ** 2) & (t > 0.18) & (t < 0.62)
+    spine_y = np.interp(t, [0.0, 0.68, 0.76], [-0.64, -0.64, -0.45]).astype(np.float32) * B
+    radius = 0.13 * A
+    organs["vertebra_d"] = np.where((t > 0.03) & (t < 0.80), (X**2 + (Y - spine_y) ** 2) / radius**2, 9.0)
+    organs["canal_d"] = np.where((t > 0.03) & (t < 0.80), (X**2 + (Y - spine_y + 1.35 * radius) ** 2) / (0.45 * radius) ** 2, 9.0)
+    organs["disc"] = np.mod(Z, 0.1 * H) < 0.02 * H
+    thorax = (t > 0.44) & (t < 0.70)
+    angle = np.abs(np.arctan2(X, -Y))  # 0 at the back, pi at the front
+    organs["ribs"] = thorax & (np.abs(rho - 0.85) < 0.035) & (np.sin(2 * np.pi * Z / (0.05 * H) + 4.0 * angle) > 0.55) & (angle < 2.75)
+    organs["sternum"] = thorax & (np.abs(X) < 0.06 * A) & (np.abs(rho - 0.86) < 0.05) & (Y > 0)
+    iliac = np.minimum(
+        space.ellipsoid((0.42 * A, -0.25 * B, 0.11 * H), (0.30 * A, 0.42 * B, 0.08 * H)),
+        space.ellipsoid((-0.42 * A, -0.25 * B, 0.11 * H), (0.30 * A, 0.42 * B, 0.08 * H)),
+    )
+    # iliac wings: the upper, lateral and posterior part of an ellipsoid shell
+    organs["pelvis"] = (iliac <= 1) & (iliac >= 0.78) & (np.abs(X) > 0.25 * A) & (Y < 0.1 * B) & (Z > 0.085 * H)
+    organs["femur"] = np.minimum(
+        space.ellipsoid((0.52 * A, 0.0, 0.01 * H), (0.14 * A, 0.14 * A, 0.14 * A)),
+        space.ellipsoid((-0.52 * A, 0.0, 0.01 * H), (0.14 * A, 0.14 * A, 0.14 * A)),
+    ) <= 1
+    organs["ventricles"] = np.minimum(
+        space.ellipsoid((0.06 * A, 0.10 * B, 0.895 * H), (0.045 * A, 0.2 * A, 0.025 * H)),
+        space.ellipsoid((-0.06 * A, 0.10 * B, 0.895 * H), (0.045 * A, 0.2 * A, 0.025 * H)),
+    ) <= 1
+    organs["tonsils"] = np.minimum(
+        space.ellipsoid((0.14 * A, 0.0 * B, 0.80 * H), (5.0, 5.0, 5.0)), space.ellipsoid((-0.14 * A, 0.0 * B, 0.80 * H), (5.0, 5.0, 5.0))
+    ) <= 1
+    organs["table"] = (np.abs(Y + 1.02 * B + 8.0) < 3.0) & (np.abs(X) < 0.95 * 0.5 * space.shape[0] * space.spacing[0])
+    # organ texture / bowel pattern: fixed per patient so follow-ups share the anatomy
+    texture_rng = np.random.default_rng(a["organ_seed"])
+    organs["bowel"] = _smooth_noise(texture_rng, space.shape, 2.0)
+    organs["texture"] = _smooth_noise(texture_rng, space.shape, 1.5)
+    organs["vessels"] = _smooth_noise(texture_rng, space.shape, 0.8)
+    return organs
+
+
+def _render_autopet(rng, a: dict, lesions: list[dict]):
+    """CT (HU), PET (SUV) and lesion mask for one study, and the LAS affine."""
+    shape = a["shape"]
+    sx, sy, sz = AUTOPET_SPACING
+    shift = (rng.uniform(-4, 4), rng.uniform(-3, 3), rng.uniform(-6, 6))
+    space = _Space(shape, AUTOPET_SPACING, shift)
+    o = _body_parts(space, a)
+    t, rho = o["t"], o["rho"]
+
+    def study_uptake():
+        return rng.uniform(0.85, 1.15)  # day-to-day variation per organ
+
+    ct = np.full(shape, -1000.0, dtype=np.float32)
+    pet = np.zeros(shape, dtype=np.float32)
+
+    def paint(mask, hu=None, suv=None):
+        mask = np.broadcast_to(mask, shape)
+        if hu is not None:
+            ct[mask] = hu if np.isscalar(hu) else np.broadcast_to(hu, shape)[mask]
+        if suv is not None:
+            pet[mask] = suv if np.isscalar(suv) else np.broadcast_to(suv, shape)[mask]
+
+    paint(o["table"], -150.0, 0.0)
+    muscle = a["suv_muscle"] * study_uptake()
+    paint(o["body"], 42.0 + 6 * o["texture"], muscle * (1 + 0.08 * o["texture"]))
+    fat_ring = o["trunk"] & (rho > 1.0 - a["fat"] * (1.3 - 0.6 * np.abs(t - 0.35)))
+    paint(fat_ring, -105.0 + 8 * o["texture"], 0.3)
+    abdomen = o["trunk"] & (t > 0.06) & (t < 0.44) & (rho < 0.85)
+    paint(abdomen & (o["bowel"] > 0.9 + a["visceral"]), -95.0, 0.35)
+    paint(abdomen & (o["bowel"] < -2.0) & (space.Y > 0), -950.0, 0.0)  # bowel gas
+    paint(abdomen & (np.abs(o["bowel"] + 0.3) < 0.12), 30.0, muscle * 1.6)  # bowel wall uptake
+    paint(o["liver"], 58.0 + 5 * o["texture"], a["suv_liver"] * study_uptake() * (1 + 0.07 * o["texture"]))
+    paint(o["spleen"], 48.0, 0.85 * a["suv_liver"] * study_uptake())
+    paint(o["stomach"], 25.0, a["suv_stomach"] * study_uptake())
+    kidney = o["kidney_d"] <= 1
+    paint(kidney, 32.0, a["suv_kidney"] * study_uptake())
+    paint(o["kidney_d"] <= 0.22, 12.0, a["suv_urine"] * study_uptake())
+    paint(o["bladder"], 8.0, a["suv_bladder"] * study_uptake())
+    paint(o["aorta"], 42.0, 1.7)
+    lungs = (o["lung_r"] | o["lung_l"]) & o["trunk"]
+    paint(lungs, -830.0 + 25 * o["texture"] + np.maximum(o["vessels"] - 1.6, 0) * 450, 0.35 + 0.15 * np.maximum(o["vessels"] - 1.6, 0))
+    heart = o["heart_d"] <= 1
+    paint(heart, 40.0, 1.8)
+    paint(heart & (o["heart_d"] > 0.45), 45.0, a["suv_heart"] * study_uptake())  # myocardium
+    bone = (o["vertebra_d"] <= 1) | o["ribs"] | o["sternum"] | o["pelvis"] | o["femur"]
+    paint(bone, 250.0 + 30 * o["texture"], 1.4)
+    paint(((o["vertebra_d"] > 0.7) & (o["vertebra_d"] <= 1)) | o["ribs"], 700.0, 0.9)
+    paint((o["vertebra_d"] <= 1) & o["disc"], 85.0, 0.9)
+    paint(o["canal_d"] <= 1, 25.0, 0.7)
+    paint((o["canal_d"] > 1) & (o["canal_d"] <= 2.6) & (space.Y < 0), 550.0, 0.9)  # posterior elements
+    head_d = o["head_d"]
+    paint((head_d <= 0.84) & (head_d > 0.70), 880.0, 0.6)  # skull
+    brain = head_d <= 0.70
+    paint(brain, 36.0 + 3 * o["texture"], a["suv_brain"] * study_uptake() * np.where(head_d > 0.45, 1.15, 0.85))
+    paint(o["ventricles"] & brain, 8.0, 1.0)
+    paint(o["tonsils"], 40.0, a["suv_tonsil"] * study_uptake())
+
+    seg = np.zeros(shape, dtype=np.uint8)
+    for lesion in lesions:
+        d = space.ellipsoid(lesion["centre"], lesion["radii"])
+        inside = (d <= 1) & o["body"]
+        if not inside.any():
+            continue
+        seg[inside] = 1
+        core = 1.0 - 0.55 * lesion["necrosis"] * np.clip(1 - d / 0.35, 0, 1)  # necrotic centres of big lesions
+        paint(inside, lesion["hu"] if lesion["hu"] is not None else ct + lesion["hu_delta"], lesion["suv"] * core * study_uptake())
+
+    fwhm = rng.uniform(6.0, 7.0)
+    sigma = [fwhm / 2.3548 / s for s in AUTOPET_SPACING]
+    pet = ndimage.gaussian_filter(pet, sigma)
+    noise = _smooth_noise(rng, shape, 0.7)
+    pet = np.maximum(pet + 0.16 * np.sqrt(np.maximum(pet, 0)) * noise, 0).astype(np.float32)
+    ct = ndimage.gaussian_filter(ct, 0.6) + rng.normal(0, 9.0, size=shape).astype(np.float32)
+    ct = np.clip(ct, -1024, 3071).astype(np.float32)
+
+    affine = np.array(
+        [[-sx, 0, 0, (shape[0] - 1) / 2 * sx], [0, sy, 0, -(shape[1] - 1) / 2 * sy], [0, 0, sz, -900.0], [0, 0, 0, 1]],
+        dtype=np.float64,
+    )
+    return ct, pet, seg, affine
+
+
+# lymph-node stations, in fractions of (A, B, H); each mirrored left/right
+_NODE_STATIONS = {
+    "cervical": (0.20, -0.15, 0.76),
+    "axillary": (0.80, -0.05, 0.655),
+    "mediastinal": (0.05, 0.12, 0.62),
+    "hilar": (0.22, -0.02, 0.585),
+    "para_aortic": (0.12, -0.33, 0.30),
+    "iliac": (0.30, -0.05, 0.15),
+    "inguinal": (0.45, 0.45, 0.03),
+}
+
+
+def _site_point(rng, space: _Space, mask: np.ndarray, margin_mm: float):
+    """A random voxel centre (mm) inside ``mask`` at least ``margin_mm`` from its edge (or anywhere in it)."""
+    depth = ndimage.distance_transform_edt(mask, sampling=space.spacing)
+    candidates = np.argwhere(depth >= margin_mm)
+    if len(candidates) == 0:
+        candidates = np.argwhere(mask)
+    if len(candidates) == 0:
+        return None
+    i, j, k = candidates[rng.integers(len(candidates))]
+    return (float(space.X[i, 0, 0]), float(space.Y[0, j, 0]), float(space.Z[0, 0, k]))
+
+
+def _lesion(rng, centre, radius_mm, suv, kind):
+    radii = tuple(radius_mm * rng.uniform(0.75, 1.25) for _ in range(3))
+    if rng.random() < 0.2:
+        suv = rng.uniform(3.0, 4.0)  # subtle lesion
+    hu = {"lung": 35.0, "node": 38.0, "skin": 40.0, "spleen": 38.0}.get(kind)
+    return {
+        "centre": tuple(float(c) for c in centre), "radii": radii, "suv": float(suv), "kind": kind,
+        "hu": hu, "hu_delta": -22.0 if kind == "liver" else 0.0, "necrosis": float(radius_mm > 11 and rng.random() < 0.6),
+    }
+
+
+def _draw_lesions(rng, diagnosis: str, a: dict) -> list[dict]:
+    A, B, H = a["A"], a["B"], a["H"]
+    space = _Space(a["shape"], AUTOPET_SPACING)
+    o = _body_parts(space, a)
+
+    def node(station, side, spread=6.0):
+        u, v, w = _NODE_STATIONS[station]
+        centre = np.array([side * u * A, v * B, w * H]) + rng.normal(0, spread, 3) * (1, 1, 0.7)
+        return _lesion(rng, centre, rng.uniform(4.0, 10.0), rng.uniform(5.0, 16.0), "node")
+
+    def organ(mask, kind, radius, suv):
+        point = _site_point(rng, space, mask, radius + 2.0)
+        return None if point is None else _lesion(rng, point, radius, suv, kind)
+
+    lesions = []
+    if diagnosis == "lymphoma":
+        stations = rng.choice(list(_NODE_STATIONS), size=int(rng.integers(1, 4)), replace=False)
+        for station in stations:
+            side = 1 if rng.random() < 0.5 else -1
+            centre_node = node(station, side, spread=3.0)
+            lesions.append(centre_node)
+            for _ in range(int(rng.integers(1, 4))):  # a cluster around the first node
+                offset = rng.normal(0, 9.0, 3) * (1, 1, 0.8)
+                lesions.append(_lesion(rng, np.add(centre_node["centre"], offset), rng.uniform(4.0, 9.0), rng.uniform(5.0, 16.0), "node"))
+        if rng.random() < 0.25:
+            lesions.append(organ(o["spleen"], "spleen", rng.uniform(4.0, 8.0), rng.uniform(4.0, 10.0)))
+    elif diagnosis == "lung_cancer":
+        side_mask = o["lung_r"] if rng.random() < 0.55 else o["lung_l"]
+        lung = side_mask & o["trunk"]
+        lesions.append(organ(lung, "lung", rng.uniform(6.0, 16.0), rng.uniform(6.0, 16.0)))
+        side = 1 if side_mask is o["lung_r"] else -1
+        if rng.random() < 0.6:
+            lesions.append(node("hilar", side, spread=2.0))
+        if rng.random() < 0.3:
+            lesions.append(node("mediastinal", side, spread=2.0))
+    elif diagnosis == "melanoma":
+        skin = o["trunk"] & (o["rho"] > 0.9) & (o["rho"] < 0.97) & (o["t"] > 0.1) & (o["t"] < 0.68)
+        for _ in range(int(rng.integers(1, 6))):
+            site = rng.choice(["liver", "lung", "skin", "node", "node"])
+            if site == "liver":
+                lesions.append(organ(o["liver"], "liver", rng.uniform(4.0, 11.0), rng.uniform(4.0, 12.0)))
+            elif site == "lung":
+                lesions.append(organ((o["lung_r"] | o["lung_l"]) & o["trunk"], "lung", rng.uniform(3.0, 8.0), rng.uniform(3.0, 10.0)))
+            elif site == "skin":
+                lesions.append(organ(skin, "skin", rng.uniform(3.0, 7.0), rng.uniform(3.0, 10.0)))
+            else:
+                station = rng.choice(["axillary", "inguinal", "cervical"])
+                lesions.append(node(station, 1 if rng.random() < 0.5 else -1))
+    lesions = [lesion for lesion in lesions if lesion is not None]
+    if not lesions:  # a positive study always shows at least one lesion
+        lesions.append(node("mediastinal", 1))
+    return lesions
+
+
+def _follow_up_lesions(rng, lesions: list[dict], a: dict, diagnosis: str) -> list[dict]:
+    """Lesions at a later time point: most persist with changed size and uptake, some respond, rarely a new one."""
+    evolved = []
+    for lesion in lesions:
+        if rng.random() < 0.25:
+            continue
+        scale = rng.uniform(0.6, 1.3)
+        evolved.append({**lesion, "radii": tuple(r * scale for r in lesion["radii"]), "suv": max(3.0, lesion["suv"] * rng.uniform(0.5, 1.2))})
+    if rng.random() < 0.3 or not evolved:
+        evolved += _draw_lesions(rng, diagnosis, a)[:1]
+    return evolved
+
+
+# ========================================================================================= BrainTumour
+
+# tissue -> (FLAIR, T1w, T1Gd, T2w), arbitrary MR units like the raw MSD images
+_MR = {
+    "scalp": (260.0, 700.0, 700.0, 380.0),
+    "skull": (40.0, 60.0, 60.0, 50.0),
+    "csf": (90.0, 160.0, 170.0, 1050.0),
+    "grey": (430.0, 440.0, 460.0, 540.0),
+    "white": (340.0, 620.0, 630.0, 330.0),
+    "edema": (720.0, 390.0, 400.0, 800.0),
+    "core": (520.0, 290.0, 270.0, 920.0),
+    "enhancing": (560.0, 430.0, 1150.0, 620.0),
+}
+
+
+def _write_brain_tumour(root: Path, n: int, seed: int, shape: tuple[int, int, int]) -> None:
+    training = []
+    sx, sy, sz = BRAIN_SPACING
+    affine = np.array(
+        [[-sx, 0, 0, (shape[0] - 1) / 2 * sx], [0, sy, 0, -(shape[1] - 1) / 2 * sy], [0, 0, sz, -(shape[2] - 1) / 2 * sz], [0, 0, 0, 1]],
+        dtype=np.float64,
+    )
+    for case in range(n):
+        rng = np.random.default_rng([seed, case])
+        image, label = _render_brain(rng, shape)
+        name = f"BRATS_{case + 1:03d}.nii.gz"
+        for array, folder in ((image, "imagesTr"), (label, "labelsTr")):
+            atomic_write_bytes(root / folder / name, encode_nifti(_nifti(array, affine), compresslevel=6))
+        training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+    description = {
+        "name": "BRATS",
+        "description": "Synthetic Mirror U-Net phantoms in the MSD Task01_BrainTumour layout",
+        "reference": "mirror_unet_hf.data.phantoms",
+        "licence": "Apache-2.0",
+        "release": "phantom",
+        "tensorImageSize": "4D",
+        "modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},
+        "labels": {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"},
+        "numTraining": n,
+        "numTest": 0,
+        "training": training,
+        "test": [],
+    }
+    atomic_write_bytes(root / "dataset.json", (json.dumps(description, indent=4) + "\n").encode())
+
+
+def _rotated_ellipsoid(space: _Space, centre, radii, angle):
+    """Like ``_Space.ellipsoid`` but turned by ``angle`` radians in the axial (X, Y) plane."""
+    x, y = space.X - centre[0], space.Y - centre[1]
+    u = np.cos(angle) * x + np.sin(angle) * y
+    v = -np.sin(angle) * x + np.cos(angle) * y
+    return (u / radii[0]) ** 2 + (v / radii[1]) ** 2 + ((space.Z - centre[2]) / radii[2]) ** 2
+
+
+def _render_brain(rng, shape) -> tuple[np.ndarray, np.ndarray]:
+    space = _Space(shape, BRAIN_SPACING)
+    half = np.array(shape, dtype=float) * np.array(BRAIN_SPACING) / 2
+    radii = half * np.array([0.86, 0.88, 0.86]) * rng.uniform(0.92, 1.0, 3)
+    centre = (0.0, 0.0, half[2] * rng.uniform(0.9, 1.05))  # Z runs from the FOV floor: the head sits slightly low
+    d = np.sqrt(space.ellipsoid(centre, radii))
+    def thickness(mm):
+        return mm / float(radii.mean())  # a shell thickness in normalised radius
+    head = d <= 1
+    skull_outer = 1 - thickness(3.0)
+    brain_edge = skull_outer - thickness(4.0)
+    folding = _smooth_noise(rng, shape, 1.0)
+    # cortex 2-6 mm thick following the folding field; sulci are CSF clefts through it
+    grey_edge = brain_edge - thickness(2.0) - thickness(10.0) * np.clip(0.5 + 0.5 * folding, 0.1, 1.0)
+    tissue = np.zeros(shape, dtype=np.int8)  # 0 air, 1 scalp, 2 skull, 3 csf, 4 grey, 5 white
+    tissue[head] = 1
+    tissue[d <= skull_outer] = 2
+    tissue[d <= brain_edge] = 3
+    tissue[d <= brain_edge - thickness(2.0)] = 4
+    tissue[d <= grey_edge] = 5
+    tissue[(folding > 0.75) & (tissue == 4) & (d > grey_edge + thickness(1.0))] = 3
+    dx, dy, dz = radii
+    cz = centre[2]
+    # deep grey nuclei beside the ventricles
+    nuclei = np.minimum(
+        space.ellipsoid((0.2 * dx, -0.02 * dy, cz + 0.02 * dz), (0.1 * dx, 0.14 * dy, 0.12 * dz)),
+        space.ellipsoid((-0.2 * dx, -0.02 * dy, cz + 0.02 * dz), (0.1 * dx, 0.14 * dy, 0.12 * dz)),
+    ) <= 1
+    tissue[nuclei & (tissue == 5)] = 4
+    # lateral ventricles: frontal horns splay outwards (rotated ellipsoids), bodies run back near the midline
+    ventricles = np.zeros(shape, dtype=bool)
+    for side in (1, -1):
+        ventricles |= _rotated_ellipsoid(space, (side * 0.12 * dx, 0.18 * dy, cz + 0.12 * dz), (0.06 * dx, 0.26 * dy, 0.14 * dz), side * 0.35) <= 1
+        ventricles |= _rotated_ellipsoid(space, (side * 0.14 * dx, -0.22 * dy, cz + 0.14 * dz), (0.07 * dx, 0.24 * dy, 0.12 * dz), -side * 0.25) <= 1
+    ventricles |= space.ellipsoid((0.0, 0.0, cz - 0.02 * dz), (0.025 * dx, 0.16 * dy, 0.10 * dz)) <= 1
+    falx = (np.abs(space.X) < 1.1) & (tissue >= 4) & (np.abs(space.Y) > 0.45 * dy)
+    tissue[ventricles | falx] = 3
+
+    # tumour: core (necrotic / non-enhancing), enhancing rim, edema; boundaries made irregular by smooth noise
+    side = 1 if rng.random() < 0.5 else -1
+    t_centre = (side * rng.uniform(0.25, 0.45) * dx, rng.uniform(-0.45, 0.45) * dy, cz + rng.uniform(-0.1, 0.35) * dz)
+    core_radius = rng.uniform(8.0, 16.0)
+    distance = np.sqrt(space.ellipsoid(t_centre, (1.0, 1.0, 1.0)))
+    wobble = _smooth_noise(rng, shape, 3.0)
+    core_d = distance / core_radius * (1 + 0.12 * wobble)
+    edema_d = distance / (core_radius + rng.uniform(8.0, 22.0)) * (1 + 0.22 * wobble)
+    parenchyma = (tissue == 4) | (tissue == 5)
+    label = np.zeros(shape, dtype=np.uint8)
+    label[(edema_d <= 1) & parenchyma] = 1
+    tumour = (core_d <= 1) & (d <= brain_edge)
+    label[tumour] = 2
+    if rng.random() < 0.85:
+        rim_mm = rng.uniform(2.0, 5.0)
+        label[tumour & (core_d > 1 - rim_mm / core_radius)] = 3
+
+    channels = np.zeros((*shape, 4), dtype=np.float32)
+    names = ["scalp", "skull", "csf", "grey", "white"]
+    for code, name in enumerate(names, start=1):
+        channels[tissue == code] = _MR[name]
+    for value, name in ((1, "edema"), (2, "core"), (3, "enhancing")):
+        channels[label == value] = _MR[name]
+    heterogeneity = 1 + 0.12 * _smooth_noise(rng, shape, 1.0)
+    channels[label == 2] *= heterogeneity[label == 2, None]
+    channels = ndimage.gaussian_filter(channels, (0.6, 0.6, 0.6, 0))
+    bias = 1 + 0.08 * _smooth_noise(rng, shape, 10.0)
+    gain = rng.uniform(0.8, 1.25, 4).astype(np.float32)
+    noise = rng.standard_normal((*shape, 4), dtype=np.float32) * (0.025 * np.array(_MR["white"], dtype=np.float32))
+    channels = (channels * bias[..., None] + noise) * gain
+    channels[~head] = 0.0  # MR background is exactly zero, as in MSD
+    return np.maximum(channels, 0).astype(np.float32), label

@@ -1,0 +1,310 @@
+"""Training patches and whole preprocessed studies from a ``load_mirror_dataset`` split.
+
+``prepare_studies(hf_split, config)`` runs ``preprocess_study`` once per study and stores the float
+arrays in the datasets cache (an Arrow file next to the split's own cache, reused by later calls with
+the same split and preprocessing settings). Reading a prepared study is a memory-mapped read of that
+study only: no NIfTI decompression during training.
+
+``MirrorPatchDataset`` draws training patches from it (MONAI ``RandCropByPosNegLabel`` semantics):
+each volume is first cropped to its foreground box (non-zero PET, or any non-zero channel for MRI);
+each patch centre is a foreground label voxel with probability pos/(pos+neg) (2:1 by default) and
+otherwise any voxel of the cropped volume; patches reaching past the crop are padded with 0 (images and
+labels). The random stream depends only on ``(seed, epoch, study index)``: the same patches come out
+whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+
+from ..errors import UserInputError
+from .constants import diagnosis_index
+from .preprocessing import (
+    Box,
+    PreprocessedStudy,
+    crop_to_box,
+    default_foreground_channels,
+    foreground_box,
+    preprocess_study,
+    preprocessing_settings,
+)
+
+_PREPARED_FEATURES = datasets.Features(
+    {
+        "case_id": datasets.Value("string"),
+        "class_label": datasets.Value("int64"),
+        "image": datasets.LargeList(datasets.Value("float32")),  # (M, X, Y, Z) flattened
+        "label": datasets.LargeList(datasets.Value("uint8")),  # (X, Y, Z) flattened; empty without a label
+        "image_shape": datasets.List(datasets.Value("int64"), length=4),
+        "spacing": datasets.List(datasets.Value("float64"), length=3),
+        "affine": datasets.List(datasets.Value("float64"), length=16),
+        "reference_shape": datasets.List(datasets.Value("int64"), length=3),
+        "reference_affine": datasets.List(datasets.Value("float64"), length=16),
+        "box": datasets.List(datasets.Value("int64"), length=6),  # foreground box: start, stop per axis
+        "positives": datasets.LargeList(datasets.Value("int64")),  # flat indices of label > 0 inside the box
+    }
+)
+
+
+def patch_shape(patch_size: int | Sequence[int]) -> tuple[int, int, int]:
+    """``96`` or ``(96, 96, 64)`` -> a 3-tuple of positive ints, else ``UserInputError``."""
+    size = (patch_size,) * 3 if isinstance(patch_size, (int, np.integer)) else tuple(patch_size)
+    if len(size) != 3 or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0 for s in size):
+        raise UserInputError(f"patch_size must be a positive int or three positive ints, got {patch_size!r}")
+    return tuple(int(s) for s in size)
+
+
+def sample_patch_centres(
+    label: np.ndarray,
+    num_patches: int,
+    rng: np.random.Generator,
+    pos_neg_ratio: tuple[float, float] = (2, 1),
+    positives: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Patch centres ``(num_patches, 3)`` and a positive flag for each, deterministic given ``rng``.
+
+    A centre is positive (a voxel with ``label > 0``) with probability ``pos / (pos + neg)``; the count is
+    that fraction of ``num_patches`` rounded up or down at random so its mean is exact. Negative centres
+    are uniform over the volume. Without foreground all centres are negative. ``positives`` may give the
+    flat indices of the foreground to skip a scan of ``label``.
+    """
+    pos, neg = (float(v) for v in pos_neg_ratio)
+    if pos < 0 or neg < 0 or pos + neg <= 0:
+        raise UserInputError(f"pos_neg_ratio must be two non-negative numbers, not both zero, got {pos_neg_ratio!r}")
+    if positives is None:
+        positives = np.flatnonzero(label > 0)
+    expected = num_patches * pos / (pos + neg)
+    count = math.floor(expected) + int(rng.random() < expected - math.floor(expected))
+    count = count if len(positives) else 0
+    flags = np.zeros(num_patches, dtype=bool)
+    flags[:count] = True
+    flags = rng.permutation(flags)
+    centres = np.empty((num_patches, 3), dtype=np.int64)
+    if count:
+        chosen = positives[rng.integers(0, len(positives), size=count)]
+        centres[flags] = np.stack(np.unravel_index(chosen, label.shape), axis=1)
+    others = num_patches - count
+    if others:
+        centres[~flags] = np.stack([rng.integers(0, n, size=others) for n in label.shape], axis=1)
+    return centres, flags
+
+
+def extract_patch(array: np.ndarray, centre: Sequence[int], patch_size: Sequence[int], pad_value: float = 0) -> np.ndarray:
+    """The ``patch_size`` block of the last three axes of ``array`` centred on ``centre`` (start = centre - size // 2).
+
+    Parts outside the array are filled with ``pad_value``; leading (channel) axes are kept.
+    """
+    out = np.full((*array.shape[:-3], *patch_size), pad_value, dtype=array.dtype)
+    source, target = [], []
+    for c, size, n in zip(centre, patch_size, array.shape[-3:]):
+        start = int(c) - size // 2
+        low, high = max(start, 0), min(start + size, n)
+        if high <= low:
+            return out
+        source.append(slice(low, high))
+        target.append(slice(low - start, high - start))
+    out[(Ellipsis, *target)] = array[(Ellipsis, *source)]
+    return out
+
+
+def sample_patches(
+    image: np.ndarray,
+    label: np.ndarray,
+    patch_size: int | Sequence[int],
+    num_patches: int,
+    rng: np.random.Generator,
+    pos_neg_ratio: tuple[float, float] = (2, 1),
+    box: Box | None = None,
+    positives: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``num_patches`` patches of ``image`` ``(M, X, Y, Z)`` and ``label`` ``(X, Y, Z)`` inside ``box`` (whole volume when None).
+
+    Returns images ``(N, M, *patch)``, labels ``(N, *patch)`` and the positive flags ``(N,)``.
+    ``positives``: flat foreground indices within the box-cropped label, if already known.
+    """
+    size = patch_shape(patch_size)
+    if box is not None:
+        image, label = crop_to_box(image, box), crop_to_box(label, box)
+    centres, flags = sample_patch_centres(label, num_patches, rng, pos_neg_ratio, positives)
+    images = np.stack([extract_patch(image, c, size, 0) for c in centres])
+    labels = np.stack([extract_patch(label, c, size, 0) for c in centres])
+    return images, labels, flags
+
+
+# ------------------------------------------------------------------------------------ prepared studies
+
+
+def _prepare_example(example: dict, settings: dict) -> dict:
+    """One dataset row -> the prepared arrays of ``_PREPARED_FEATURES`` (run by ``datasets.map``)."""
+    study = preprocess_study(
+        {name: example[name] for name in settings["modalities"]},
+        _Settings(settings),
+        label=example.get("label"),
+        case_id=example.get("case_id"),
+    )
+    box = foreground_box(study.image, default_foreground_channels(study.modalities))
+    positives = np.empty(0, dtype=np.int64)
+    label = np.empty(0, dtype=np.uint8)
+    if study.label is not None:
+        label = study.label.astype(np.uint8).ravel()
+        positives = np.flatnonzero(crop_to_box(study.label, box) > 0).astype(np.int64)
+    return {
+        "case_id": str(example.get("case_id") or ""),
+        "class_label": diagnosis_index(example.get("diagnosis")),
+        "image": study.image.ravel(),
+        "label": label,
+        "image_shape": list(study.image.shape),
+        "spacing": list(study.spacing),
+        "affine": np.asarray(study.affine, dtype=np.float64).ravel(),
+        "reference_shape": list(study.reference_shape),
+        "reference_affine": np.asarray(study.reference_affine, dtype=np.float64).ravel(),
+        "box": [v for s in box for v in (s.start, s.stop)],
+        "positives": positives,
+    }
+
+
+class _Settings:
+    """Attribute view of a ``preprocessing_settings`` dict (what ``preprocess_study`` reads)."""
+
+    def __init__(self, settings: dict):
+        self.__dict__.update(settings)
+
+
+class PreparedStudies(Sequence):
+    """Preprocessed studies of one split, read lazily from the datasets cache.
+
+    ``studies[i]`` is a ``PreprocessedStudy`` (for sliding-window validation: whole volume, label, and
+    ``restore`` back to the original grid); ``studies.training_arrays(i)`` gives what the patch sampler needs.
+    """
+
+    def __init__(self, hf_split: datasets.Dataset, config: Any):
+        self.settings = preprocessing_settings(config)
+        missing = [m for m in self.settings["modalities"] if m not in hf_split.column_names]
+        if missing:
+            raise UserInputError(
+                f"the dataset has no column for modality {missing[0]!r}; its columns are: {', '.join(hf_split.column_names)}"
+            )
+        self.modalities = tuple(self.settings["modalities"])
+        if len(hf_split) == 0:
+            self.dataset = hf_split
+        else:
+            self.dataset = hf_split.map(
+                _prepare_example,
+                fn_kwargs={"settings": self.settings},
+                remove_columns=hf_split.column_names,
+                features=_PREPARED_FEATURES,
+                writer_batch_size=1,  # a row is a whole volume: never buffer more than one
+                desc="Preprocessing studies",
+            )
+        self._rows = self.dataset.with_format("numpy")
+        self._training_rows = self.dataset.select_columns(
+            ["case_id", "class_label", "image", "label", "image_shape", "box", "positives"]
+        ).with_format("numpy")
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> PreprocessedStudy:
+        if not isinstance(index, (int, np.integer)):
+            raise TypeError("PreparedStudies takes one integer index")
+        row = self._rows[int(index)]
+        image = row["image"].reshape(tuple(row["image_shape"]))
+        label = row["label"].reshape(image.shape[1:]).astype(np.int64) if row["label"].size else None
+        return PreprocessedStudy(
+            image=image,
+            label=label,
+            spacing=tuple(float(v) for v in row["spacing"]),
+            affine=row["affine"].reshape(4, 4),
+            reference_shape=tuple(int(v) for v in row["reference_shape"]),
+            reference_affine=row["reference_affine"].reshape(4, 4),
+            modalities=self.modalities,
+            case_id=str(row["case_id"]),
+        )
+
+    def training_arrays(self, index: int) -> dict:
+        """``image`` (M, *box) and ``label`` (*box) cropped to the foreground box, ``positives``, ``class_label``, ``case_id``."""
+        row = self._training_rows[int(index)]
+        shape = tuple(int(v) for v in row["image_shape"])
+        box = tuple(slice(int(row["box"][2 * a]), int(row["box"][2 * a + 1])) for a in range(3))
+        image = crop_to_box(row["image"].reshape(shape), box)
+        label = row["label"].reshape(shape[1:]) if row["label"].size else np.zeros(shape[1:], dtype=np.uint8)
+        return {
+            "image": image,
+            "label": crop_to_box(label, box),
+            "positives": row["positives"],
+            "class_label": int(row["class_label"]),
+            "case_id": str(row["case_id"]),
+        }
+
+
+def prepare_studies(hf_split: datasets.Dataset, config: Any) -> PreparedStudies:
+    """Preprocess every study of a split once (cached) and return them as ``PreparedStudies``.
+
+    Use it for sliding-window validation: ``for study in prepare_studies(ds["validation"], config): ...``
+    """
+    return PreparedStudies(hf_split, config)
+
+
+class MirrorPatchDataset(torch.utils.data.IterableDataset):
+    """Training patches for Mirror U-Net, ``patches_per_volume`` per study and epoch.
+
+    Each item: ``{"pixel_values": float32 (M, *patch), "labels": int64 (*patch), "class_labels": int64
+    scalar (index in DIAGNOSIS_NAMES, -1 when unknown or not AutoPET), "case_id": str}``, channels in
+    ``config.modalities`` order. Studies are visited in a shuffled order that depends on ``(seed, epoch)``
+    (call ``set_epoch`` each epoch), and the patches of one study come out together. With several
+    ``DataLoader`` workers each worker takes every n-th study of that order. ``len()`` is the number of
+    patches per epoch.
+    """
+
+    def __init__(
+        self,
+        hf_split: datasets.Dataset,
+        config: Any,
+        patch_size: int | Sequence[int],
+        patches_per_volume: int = 4,
+        pos_neg_ratio: tuple[float, float] = (2, 1),
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.patch_size = patch_shape(patch_size)
+        if isinstance(patches_per_volume, bool) or not isinstance(patches_per_volume, (int, np.integer)) or patches_per_volume < 1:
+            raise UserInputError(f"patches_per_volume must be a positive integer, got {patches_per_volume!r}")
+        pos, neg = (float(v) for v in pos_neg_ratio)
+        if pos < 0 or neg < 0 or pos + neg <= 0:
+            raise UserInputError(f"pos_neg_ratio must be two non-negative numbers, not both zero, got {pos_neg_ratio!r}")
+        self.patches_per_volume = int(patches_per_volume)
+        self.pos_neg_ratio = (pos, neg)
+        self.seed = int(seed)
+        self.epoch = 0
+        self.studies = prepare_studies(hf_split, config)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.studies) * self.patches_per_volume
+
+    def __iter__(self) -> Iterator[dict]:
+        worker = torch.utils.data.get_worker_info()
+        worker_id, workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.studies))
+        for index in order[worker_id::workers]:
+            arrays = self.studies.training_arrays(int(index))
+            rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+            images, labels, _ = sample_patches(
+                arrays["image"], arrays["label"], self.patch_size, self.patches_per_volume, rng,
+                self.pos_neg_ratio, positives=arrays["positives"],
+            )
+            for image, label in zip(images, labels):
+                yield {
+                    "pixel_values": torch.from_numpy(image),
+                    "labels": torch.from_numpy(label.astype(np.int64)),
+                    "class_labels": torch.tensor(arrays["class_label"], dtype=torch.int64),
+                    "case_id": arrays["case_id"],
+                }

@@ -1,0 +1,180 @@
+"""train/train.py: multi-process equivalence, kill-and-resume, outputs, bad input.
+
+Runs the real script (torchrun for two CPU processes) on small phantoms with a reduced-width model.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "train" / "train.py"
+
+
+@pytest.fixture(scope="module")
+def phantom_dir(tmp_path_factory):
+    from mirror_unet_hf.data import make_phantoms
+
+    folder = tmp_path_factory.mktemp("phantoms")
+    make_phantoms("autopet", folder, 6, seed=0, shape=(64, 64, 48))
+    return folder
+
+
+def common(phantom_dir, tmp_path, norm="instance", preset="autopet-v2"):
+    return [
+        "--preset", preset, "--model_overrides", json.dumps({"channels": [4, 8, 16, 32, 64], "norm": norm}),
+        "--patch_size", "32", "32", "32", "--data_dir", str(phantom_dir), "--cache_dir", str(tmp_path / "cache"),
+        "--eval_steps", "100", "--num_workers", "0", "--report_to", "none", "--lr_decay_every", "100",
+    ]
+
+
+def run(args, env=None, timeout=600, launcher=None):
+    command = (launcher or [sys.executable]) + [str(SCRIPT), *args]
+    full_env = {**os.environ, "HF_HOME": os.environ.get("HF_HOME", "/tmp/hf-home-tests"), **(env or {})}
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def weights(folder):
+    return {k: v for k, v in load_file(folder / "model.safetensors").items() if "running" not in k and "num_batches" not in k}
+
+
+def max_difference(a, b):
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+def two_process_difference(phantom_dir, tmp_path, norm):
+    # SGD: Adam divides by sqrt(v) + eps, which turns float-summation noise in parameters whose exact
+    # gradient is zero (conv biases right before a norm) into steps of ~lr·noise/eps; measured with Adam
+    # at lr 1e-3 the same runs differ by 0.8e-4 to 3e-4, all of it in those parameters' neighbourhood.
+    base = common(phantom_dir, tmp_path, norm=norm) + [
+        "--max_steps", "4", "--checkpointing_steps", "4", "--optimizer", "sgd", "--learning_rate", "0.01"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
+    two = run(base + ["--per_device_train_batch_size", "2", "--output_dir", str(tmp_path / f"two-{norm}")],
+              env={"ACCELERATE_USE_CPU": "1"}, launcher=torchrun)
+    assert two.returncode == 0, two.stderr[-3000:]
+    args = json.loads((tmp_path / f"two-{norm}" / "final" / "training_args.json").read_text())
+    assert args["num_processes"] == 2, "torchrun must give two real processes"
+    one = run(base + ["--per_device_train_batch_size", "4", "--output_dir", str(tmp_path / f"one-{norm}")])
+    assert one.returncode == 0, one.stderr[-3000:]
+    return max_difference(weights(tmp_path / f"two-{norm}" / "final"), weights(tmp_path / f"one-{norm}" / "final"))
+
+
+@pytest.mark.slow
+def test_two_processes_with_half_batches_match_one_process(phantom_dir, tmp_path):
+    """Instance norm is per sample and the losses are per-sample means, so DDP's averaged gradients equal
+    the full-batch gradients up to float summation order."""
+    assert two_process_difference(phantom_dir, tmp_path, "instance") < 1e-5
+
+
+@pytest.mark.slow
+def test_batchnorm_without_sync_breaks_the_equivalence(phantom_dir, tmp_path):
+    """The same comparison detects the BatchNorm caveat (per-process batch statistics)."""
+    assert two_process_difference(phantom_dir, tmp_path, "batch") > 1e-3
+
+
+@pytest.mark.slow
+def test_kill_and_resume_gives_the_weights_of_an_uninterrupted_run(phantom_dir, tmp_path):
+    base = common(phantom_dir, tmp_path) + ["--max_steps", "6", "--checkpointing_steps", "2", "--per_device_train_batch_size", "2"]
+    straight = run(base + ["--output_dir", str(tmp_path / "straight")])
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    interrupted = tmp_path / "interrupted"
+    process = subprocess.Popen([sys.executable, str(SCRIPT), *base, "--output_dir", str(interrupted)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (interrupted / "checkpoints" / "step_2").exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (interrupted / "checkpoints" / "step_2").exists()
+    assert not (interrupted / "final").exists(), "the run was killed before it finished"
+
+    resumed = run(base + ["--output_dir", str(interrupted), "--resume_from_checkpoint", "latest"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resumed from" in resumed.stdout + resumed.stderr
+    a, b = weights(tmp_path / "straight" / "final"), weights(interrupted / "final")
+    assert all(torch.equal(a[k], b[k]) for k in a), f"max difference {max_difference(a, b)}"
+
+
+def test_run_writes_best_final_checkpoints_and_metrics(phantom_dir, tmp_path):
+    out = tmp_path / "run"
+    result = run(common(phantom_dir, tmp_path, preset="autopet-v3") + [
+        "--max_steps", "2", "--checkpointing_steps", "1", "--checkpoints_total_limit", "1", "--eval_steps", "2",
+        "--output_dir", str(out)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_2"]
+    for folder in ("best", "final"):
+        names = {p.name for p in (out / folder).iterdir()}
+        assert {"config.json", "model.safetensors", "modeling_mirror_unet.py", "metrics.json", "training_args.json"} <= names
+    metrics = json.loads((out / "final" / "metrics.json").read_text())
+    assert metrics["task"] == "autopet" and "fpv_ml" in metrics["metrics"]
+    assert json.loads((out / "final" / "training_args.json").read_text())["preset"] == "autopet-v3"
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--no_such_flag", "1"], "unrecognized arguments: --no_such_flag"),
+        (["--preset", "autopet-v9"], "unknown preset 'autopet-v9'"),
+        (["--fold", "7"], "--fold 7 is out of range; expected 0..4"),
+        (["--patch_size", "40", "40", "40"], "must be three positive multiples of the total stride 16"),
+        (["--resume_from_checkpoint", "/nonexistent"], "is not a checkpoint"),
+        (["--dataset", "brain_tumour"], "reads ct, pet, which the brain_tumour dataset does not have"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_output_untouched(phantom_dir, tmp_path, extra, message):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    result = run(common(phantom_dir, tmp_path) + ["--output_dir", str(out), "--overwrite_output_dir", *extra], timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_data_dir_without_studies_is_refused(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run(["--data_dir", str(empty), "--output_dir", str(tmp_path / "o")], timeout=120)
+    assert result.returncode == 2 and "holds no AutoPET studies" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_non_empty_output_dir_is_not_overwritten(phantom_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    result = run(common(phantom_dir, tmp_path) + ["--output_dir", str(out), "--max_steps", "1"], timeout=120)
+    assert result.returncode == 2 and "is not empty" in result.stderr
+    assert (out / "keep.txt").read_text() == "precious" and len(list(out.iterdir())) == 1
+
+
+def test_yaml_config_sets_flags_and_command_line_wins(tmp_path):
+    sys.path.insert(0, str(ROOT / "train"))
+    try:
+        import train as train_script
+    finally:
+        sys.path.pop(0)
+    config = tmp_path / "c.yaml"
+    config.write_text("preset: autopet-v1\nmax_steps: 7\nmodel_overrides: {norm: instance}\n")
+    args = train_script.parse_args(["--config", str(config), "--max_steps", "9"])
+    assert (args.preset, args.max_steps, json.loads(args.model_overrides)) == ("autopet-v1", 9, {"norm": "instance"})
+    config.write_text("max_step: 7\n")
+    with pytest.raises(ValueError, match="unknown setting\\(s\\) max_step"):
+        train_script.parse_args(["--config", str(config)])
