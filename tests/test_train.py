@@ -38,9 +38,18 @@ def common(phantom_dir, tmp_path, norm="instance", preset="autopet-v2"):
 
 
 def run(args, env=None, timeout=600, launcher=None):
+    """Run train.py in its own process group; on timeout the whole group (torchrun's workers too) is killed."""
     command = (launcher or [sys.executable]) + [str(SCRIPT), *args]
     full_env = {**os.environ, "HF_HOME": os.environ.get("HF_HOME", "/tmp/hf-home-tests"), **(env or {})}
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=full_env)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env,
+                               start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def free_port() -> int:
@@ -178,3 +187,43 @@ def test_yaml_config_sets_flags_and_command_line_wins(tmp_path):
     config.write_text("max_step: 7\n")
     with pytest.raises(ValueError, match="unknown setting\\(s\\) max_step"):
         train_script.parse_args(["--config", str(config)])
+
+
+def test_every_shipped_config_parses_and_builds_its_model_config():
+    sys.path.insert(0, str(ROOT / "train"))
+    try:
+        import train as train_script
+    finally:
+        sys.path.pop(0)
+    configs = sorted((ROOT / "train" / "configs").glob("*.yaml"))
+    assert {"phantoms-cpu.yaml", "autopet-v1.yaml", "autopet-v3.yaml", "brats-v1.yaml", "brats-v2-rec.yaml"} <= {c.name for c in configs}
+    for path in configs:
+        args = train_script.parse_args(["--config", str(path)])
+        train_script.check_args(args)
+        config = train_script.build_config(args)
+        assert config.preset == args.preset
+
+
+@pytest.mark.slow
+def test_sweep_runs_resumes_and_draws_the_heatmap(phantom_dir, tmp_path):
+    config = tmp_path / "base.yaml"
+    config.write_text("\n".join([
+        "preset: autopet-v3", 'model_overrides: {"channels": [4, 8, 16, 32, 64], "norm": "instance"}',
+        "patch_size: [32, 32, 32]", f"data_dir: {phantom_dir}", f"cache_dir: {tmp_path / 'cache'}",
+        "max_steps: 1", "eval_steps: 1", "checkpointing_steps: 1", "num_workers: 0", "report_to: none", "",
+    ]))
+    out = tmp_path / "sweep"
+    command = [sys.executable, str(ROOT / "train" / "sweep.py"), "--config", str(config), "--output_dir", str(out),
+               "--values", "0.1", "0.001"]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    rows = (out / "sweep.csv").read_text().strip().splitlines()
+    assert rows[0] == "lambda_rec,lambda_cls,dice,run" and len(rows) == 5
+    png = (out / "sweep.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    cells = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert cells == ["rec_1e-01_cls_1e-01", "rec_1e-01_cls_1e-03", "rec_1e-03_cls_1e-01", "rec_1e-03_cls_1e-03"]
+    lambdas = json.loads((out / "rec_1e-03_cls_1e-01" / "final" / "training_args.json").read_text())
+    assert (lambdas["lambda_rec"], lambdas["lambda_cls"]) == (0.001, 0.1)
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout.count("done, skipped") == 4
