@@ -19,6 +19,7 @@ COMMANDS = {
     "predict": "predict",
     "evaluate": "evaluate",
     "push": "push",
+    "demo": "demo",
 }
 
 

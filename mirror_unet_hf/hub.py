@@ -342,7 +342,9 @@ def model_card_context(
         )
     phantoms = trained_on_phantoms(training_args)
     preset = config.preset if config.preset in PRESETS else None
-    datasets = [d for d in (_dataset_id((training_args or {}).get("dataset")), _dataset_id((metrics or {}).get("dataset"))) if d]
+    # a phantom run's `dataset` names the layout it imitates (e.g. autopet), not data it saw
+    trained_on = None if phantoms else _dataset_id((training_args or {}).get("dataset"))
+    datasets = [d for d in (trained_on, _dataset_id((metrics or {}).get("dataset"))) if d]
     datasets = list(dict.fromkeys(datasets))
     tags = ["mirror-unet", "medical-imaging"] + ([domain["tag"]] if domain["tag"] else [])
     tags += ["3d", "segmentation", "multi-task-learning"]

@@ -2,9 +2,10 @@
 
 `LoopbackHub` speaks the endpoints that `huggingface_hub` (create_repo, create_branch, create_commit,
 repo_info, list_repo_tree, paths-info, hf_hub_download, snapshot_download), `transformers`
-(`from_pretrained` with remote code) and `datasets` call: repos of every type with branches and real
-40-hex commit shas, git-blob ETags, `X-Repo-Commit`, `X-Error-Code` on errors, token checks
-(401 without a valid `Authorization` header on writes and private repos) and `/api/validate-yaml`.
+(`from_pretrained` with remote code), `datasets` and `HfApi.add_space_variable` call: repos of every
+type (a Space keeps its sdk and variables) with branches and real 40-hex commit shas, git-blob ETags,
+`X-Repo-Commit`, `X-Error-Code` on errors, token checks (401 without a valid `Authorization` header on
+writes and private repos) and `/api/validate-yaml`.
 Blobs are stored content-addressed in a folder; refs and commits live in memory.
 
 Failures are injected with `fail(...)` (an HTTP status) and `hang(...)` (no answer). `requests` logs
@@ -59,6 +60,8 @@ class Repo:
     private: bool
     branches: dict[str, str] = field(default_factory=dict)  # name -> commit sha
     commits: dict[str, Commit] = field(default_factory=dict)
+    sdk: str | None = None  # Spaces only: gradio, docker, static
+    variables: dict[str, dict] = field(default_factory=dict)  # Spaces only: key -> {value, description, updatedAt}
 
 
 @dataclass
@@ -388,7 +391,9 @@ class _Handler(BaseHTTPRequestHandler):
                 # The Hub names the existing repo's URL in the 409 answer; clients with exist_ok use it.
                 raise HubError(409, f"You already created this {repo_type} repo", extra={"url": url})
             private = payload.get("visibility") == "private" or bool(payload.get("private"))
-            repo = Repo(repo_type, repo_id, private)
+            if repo_type == "space" and not payload.get("sdk"):
+                raise HubError(400, "Space repos need an sdk (gradio, docker or static)")
+            repo = Repo(repo_type, repo_id, private, sdk=payload.get("sdk") if repo_type == "space" else None)
             # Like the Hub, a new repo starts with one commit holding .gitattributes.
             first = hub._new_commit(repo, None, {".gitattributes": hub._store_blob(INITIAL_GITATTRIBUTES)}, "initial commit")
             repo.branches["main"] = first.sha
@@ -426,6 +431,9 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "POST" and action == "branch" and len(rest) >= 2:
             hub._require_write(self.headers, repo_id.split("/")[0])
             return self._create_branch(repo, rest[1], json.loads(body or b"{}"))
+        if action == "variables" and repo_type == "space" and method in ("GET", "POST"):
+            hub._require_write(self.headers, repo_id.split("/")[0])
+            return self._variables(repo, json.loads(body or b"{}") if method == "POST" else None)
         raise HubError(404, f"no route for {method} /api/{repo_type}s/{repo_id}/{'/'.join(rest)}")
 
     def _entry(self, path: str, oid: str) -> dict:
@@ -453,6 +461,7 @@ class _Handler(BaseHTTPRequestHandler):
             "likes": 0,
             "tags": [],
             "siblings": siblings,
+            **({"sdk": repo.sdk} if repo.repo_type == "space" else {}),
         })
 
     def _tree(self, repo: Repo, revision: str, folder: str, recursive: bool):
@@ -532,6 +541,16 @@ class _Handler(BaseHTTPRequestHandler):
             repo.branches[revision] = commit.sha
         url = f"{hub.url}/{URL_PREFIX[repo.repo_type]}{repo.repo_id}/commit/{commit.sha}"
         self._json(200, {"success": True, "commitOid": commit.sha, "commitUrl": url, "pullRequestUrl": None})
+
+    def _variables(self, repo: Repo, payload: dict | None):
+        """Space variables: POST {key, value, description?} sets one; both methods answer with all of them."""
+        with self.hub._lock:
+            if payload is not None:
+                if not payload.get("key") or not isinstance(payload.get("value"), str):
+                    raise HubError(400, "a Space variable needs a key and a string value")
+                updated = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+                repo.variables[payload["key"]] = {"value": payload["value"], "description": payload.get("description"), "updatedAt": updated}
+            self._json(200, {key: dict(value) for key, value in repo.variables.items()})
 
     def _create_branch(self, repo: Repo, branch: str, payload: dict):
         with self.hub._lock:

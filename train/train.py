@@ -107,6 +107,7 @@ def parse_args(argv: list[str] | None = None) -> TrainingArguments:
     known, rest = pre.parse_known_args(argv)
     parser = Parser(TrainingArguments, description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="YAML file setting any of the flags below (flags given on the command line win)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of user errors")
     if known.config:
         path = Path(known.config)
         if not path.is_file():
@@ -285,12 +286,17 @@ def fission_only_loss(out, config, step: int, seed: int):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """User mistakes print one line and exit 2 (`--debug` shows the traceback); internal errors keep theirs."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    if debug:
+        argv.remove("--debug")
     try:
         return train(parse_args(argv))
-    except UserInputError as error:
-        if "--debug" in (argv or sys.argv):
+    except (UserInputError, *CONFIG_ERRORS) as error:
+        if debug:
             raise
-        print(f"train.py: error: {str(error).strip().splitlines()[0]}", file=sys.stderr)
+        print(f"train.py: error: {one_line(error)}", file=sys.stderr)
         return 2
 
 
@@ -436,7 +442,8 @@ def train(args: TrainingArguments) -> int:
                 score = selection_score(metrics, args.dataset)
                 accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=state["step"])
                 state["history"].append({"step": state["step"], **metrics})
-                accelerator.print(f"step {state['step']}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+                if accelerator.is_main_process:  # through tqdm, so the line does not break the progress bar
+                    progress.write(f"step {state['step']}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
                 if state["best_score"] is None or score > state["best_score"]:
                     state["best_score"], state["best_step"] = score, state["step"]
                     save_model("best", metrics)

@@ -19,6 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--revision", default=None, help="branch to commit to, created from main when missing (default: main)")
     parser.add_argument("--commit-message", default=None, help="commit message (default: 'Upload Mirror U-Net <preset> checkpoint')")
     parser.add_argument(
+        "--space", metavar="DEMO_DIR", default=None,
+        help="also publish this demo folder (e.g. demo/) as a Gradio Space serving the pushed model",
+    )
+    parser.add_argument("--space-id", default=None, help="Space repo for --space, NAMESPACE/NAME (default: <repo-id>-demo)")
+    parser.add_argument(
         "--timeout",
         type=float,
         default=DEFAULT_TIMEOUT,
@@ -39,4 +44,12 @@ def run(args: argparse.Namespace) -> int:
         timeout=args.timeout,
     )
     print(url)
+    if args.space:
+        from ..space import push_space
+
+        space_url = push_space(
+            args.space, args.space_id or f"{args.repo_id}-demo", model_id=args.repo_id, private=args.private,
+            timeout=args.timeout,
+        )
+        print(space_url)
     return 0
