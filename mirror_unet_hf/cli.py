@@ -7,10 +7,16 @@ User mistakes (``UserInputError``) print one line and exit with code 2; ``--debu
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
 from .errors import CONFIG_ERRORS, UserInputError, one_line
+
+# File-system refusals the user fixes (name too long, no permission, disk full or read-only, a file where a
+# folder is expected): reported like a UserInputError, naming the path.
+USER_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EROFS,
+                         errno.ENOTDIR, errno.EISDIR})
 
 # command name -> module under mirror_unet_hf.commands
 COMMANDS = {
@@ -56,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and closed early
         sys.stderr.close()
         return 0
+    except OSError as error:
+        if args.debug or error.errno not in USER_ERRNOS:
+            raise
+        print(f"mirror-unet {args.command}: error: {error.filename or ''}: {error.strerror}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"mirror-unet {args.command}: interrupted", file=sys.stderr)
         return 130

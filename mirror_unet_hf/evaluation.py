@@ -11,18 +11,15 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import struct
-import tempfile
-import zlib
+import traceback
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
+from .data.nifti_io import atomic_write_bytes, load_nifti, read_array, require_3d
 from .errors import UserInputError
 from .metrics import autopet_metrics, brats_metrics
 
@@ -47,8 +44,9 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 STATUS_OK = "ok"
 STATUS_MISSING = "missing prediction"
 STATUS_ERROR = "error"
-# What nibabel raises on a file that is not (or no longer, e.g. truncated) a NIfTI image.
-_READ_ERRORS = (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, zlib.error, struct.error)
+# Values a mask may hold: AutoPET background/lesion; MSD BrainTumour background, edema, non-enhancing, enhancing.
+MASK_VALUES = {"autopet": "0 background, 1 lesion", "brain_tumour": "0 background, 1 edema, 2 non-enhancing tumour, 3 enhancing tumour"}
+MAX_MASK_VALUE = {"autopet": 1, "brain_tumour": 3}
 
 
 def _case_id(path: Path) -> str | None:
@@ -61,7 +59,11 @@ def _case_id(path: Path) -> str | None:
 def _flat_niftis(folder: Path) -> dict[str, Path]:
     """``case_id -> path`` for the NIfTI files directly in ``folder`` (hidden files such as MSD's ``._*`` skipped)."""
     found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as error:
+        raise UserInputError(f"{folder}: cannot list the folder ({error.strerror})") from None
+    for path in entries:
         case_id = _case_id(path)
         if case_id is None or path.name.startswith(".") or not path.is_file():
             continue
@@ -120,20 +122,36 @@ class Mask:
     spacing: tuple[float, float, float]
 
 
-def load_mask(path: str | Path) -> Mask:
-    """Read a 3D NIfTI mask (a trailing singleton 4th axis is dropped); unreadable files raise ``UserInputError``."""
+def load_mask(path: str | Path, task: str | None = None) -> Mask:
+    """Read a 3D NIfTI mask (a trailing singleton 4th axis is dropped); a bad file raises ``UserInputError``.
+
+    The header is checked before reading (``mirror_unet_hf.data.nifti_io``); with ``task`` the values must
+    be the task's labels (``MASK_VALUES``): integers, no NaN, nothing negative or above the last label.
+    """
     path = Path(path)
-    try:
-        image = nib.load(str(path))
-        data = np.asanyarray(image.dataobj)
-    except _READ_ERRORS as error:
-        raise UserInputError(f"{path}: cannot read as NIfTI ({error}); expected a .nii or .nii.gz mask") from error
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise UserInputError(f"{path}: shape {data.shape}; expected a 3D mask")
+    image = load_nifti(path, None, str(path))
+    data = require_3d(read_array(image, None, str(path), dtype=None), None, str(path))
+    if task is not None:
+        check_mask_values(data, path, task)
     spacing = tuple(float(z) for z in image.header.get_zooms()[:3])
     return Mask(path=path, data=data, affine=np.asarray(image.affine, dtype=np.float64), spacing=spacing)
+
+
+def check_mask_values(data: np.ndarray, path: Path, task: str) -> None:
+    """Raise ``UserInputError`` unless ``data`` holds only the label values of ``task``."""
+    highest = MAX_MASK_VALUE[task]
+    if data.dtype.kind == "f":
+        finite = np.isfinite(data)
+        if not finite.all():
+            raise UserInputError(f"{path}: {data.size - int(finite.sum())} NaN/Inf voxels; expected labels {MASK_VALUES[task]}")
+        fractional = data != np.round(data)
+        if fractional.any():
+            examples = np.unique(data[fractional])[:3].tolist()
+            raise UserInputError(f"{path}: fractional values such as {examples}; expected labels {MASK_VALUES[task]}")
+    if data.size and (data.min() < 0 or data.max() > highest):
+        bad = np.unique(data[(data < 0) | (data > highest)])[:5]
+        shown = [int(v) for v in bad] if data.dtype.kind in "iuf" else bad.tolist()
+        raise UserInputError(f"{path}: has label values {shown}; expected {MASK_VALUES[task]}")
 
 
 def check_same_grid(pred: Mask, gt: Mask) -> None:
@@ -153,7 +171,7 @@ def check_same_grid(pred: Mask, gt: Mask) -> None:
 
 def evaluate_case(pred_path: str | Path, gt_path: str | Path, task: str) -> dict[str, float | int | None]:
     """Metrics of one study; voxel spacing from the ground-truth header (as the AutoPET script does)."""
-    pred, gt = load_mask(pred_path), load_mask(gt_path)
+    pred, gt = load_mask(pred_path, task), load_mask(gt_path, task)
     check_same_grid(pred, gt)
     try:
         if task == "autopet":
@@ -173,6 +191,8 @@ class EvaluationReport:
     missing: list[str] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
     unmatched_predictions: list[str] = field(default_factory=list)
+    tracebacks: dict[str, str] = field(default_factory=dict)
+    """case_id -> traceback of an internal error met with ``skip_bad`` (a bug to report, not a bad file)."""
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -222,7 +242,8 @@ def evaluate_folders(
         gt_dir: ground truth (flat, AutoPET or MSD layout; see the module docstring).
         task: ``"autopet"`` (Dice, FPV, FNV) or ``"brain_tumour"`` (Dice and HD95 per WT/TC/ET).
         skip_bad: record an unreadable or mismatched study as an ``error`` row and go on; without it the
-            first such study raises ``UserInputError``.
+            first such study raises ``UserInputError``. An unexpected exception (a bug) in one study is
+            recorded too, as ``internal error: ...`` with its traceback in ``report.tracebacks``.
         progress: show a progress bar on stderr.
 
     A ground-truth case without prediction becomes a ``missing prediction`` row (never skipped silently);
@@ -232,7 +253,7 @@ def evaluate_folders(
         raise UserInputError(f"--task {task!r} is unknown; expected one of: {', '.join(TASKS)}")
     ground_truth = find_ground_truth(gt_dir)
     predictions = find_predictions(pred_dir)
-    rows, missing, failures = [], [], []
+    rows, missing, failures, tracebacks = [], [], [], {}
     for case_id in tqdm(sorted(ground_truth), desc="evaluate", unit="study", disable=not progress):
         pred_path = predictions.get(case_id)
         if pred_path is None:
@@ -242,11 +263,15 @@ def evaluate_folders(
             continue
         try:
             metrics = evaluate_case(pred_path, ground_truth[case_id], task)
-        except UserInputError as error:
+        except Exception as error:  # with skip_bad, one study's failure (even a bug) must not end the run
             if not skip_bad:
                 raise
-            rows.append(_row(case_id, task, STATUS_ERROR, str(error)))
-            failures.append((case_id, str(error)))
+            message = str(error) if isinstance(error, UserInputError) else f"internal error: {type(error).__name__}: {error}"
+            message = message.strip().splitlines()[0] if message.strip() else type(error).__name__
+            if not isinstance(error, UserInputError):
+                tracebacks[case_id] = traceback.format_exc()
+            rows.append(_row(case_id, task, STATUS_ERROR, message))
+            failures.append((case_id, message))
             continue
         rows.append(_row(case_id, task, STATUS_OK, metrics=metrics))
     return EvaluationReport(
@@ -256,59 +281,66 @@ def evaluate_folders(
         missing=missing,
         failures=failures,
         unmatched_predictions=sorted(set(predictions) - set(ground_truth)),
+        tracebacks=tracebacks,
     )
 
 
 def check_outputs_free(paths: Iterable[Path], overwrite: bool) -> None:
-    """Refuse output paths that are folders, repeated, or (without ``overwrite``) already exist."""
+    """Refuse output paths that are folders, repeated, in no writable folder, or (without ``overwrite``) already exist."""
     paths = [Path(p) for p in paths]
-    if len({p.resolve() for p in paths}) != len(paths):
-        raise UserInputError(f"output paths {[str(p) for p in paths]} repeat; expected distinct files")
-    for path in paths:
-        if path.is_dir():
-            raise UserInputError(f"output {path} is a folder; expected a file path")
-        if path.exists() and not overwrite:
-            raise UserInputError(f"output {path} already exists; pass --overwrite (overwrite=True) to replace it")
+    try:
+        if len({p.resolve() for p in paths}) != len(paths):
+            raise UserInputError(f"output paths {[str(p) for p in paths]} repeat; expected distinct files")
+        for path in paths:
+            if path.is_dir():
+                raise UserInputError(f"output {path} is a folder; expected a file path")
+            if path.exists() and not overwrite:
+                raise UserInputError(f"output {path} already exists; pass --overwrite (overwrite=True) to replace it")
+            parent = next((p for p in path.parents if p.exists()), None)
+            if parent is not None and not parent.is_dir():
+                raise UserInputError(f"output {path}: {parent} is a file, not a folder")
+    except OSError as error:  # e.g. a name longer than the file system allows
+        raise UserInputError(f"output {error.filename or paths}: {error.strerror}") from None
 
 
 def _write_atomic(text: str, path: Path, overwrite: bool) -> None:
     """Write to a temporary file in the target folder, then rename it into place."""
     check_outputs_free([path], overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temp_name, 0o644)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def write_csv(rows: Iterable[dict], columns: Sequence[str], path: str | Path, overwrite: bool = False) -> None:
-    """Write rows as CSV (None → empty cell, floats at full precision), atomically."""
+def _csv_text(rows: Iterable[dict], columns: Sequence[str]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _write_atomic(buffer.getvalue(), Path(path), overwrite)
+    return buffer.getvalue()
+
+
+def _json_text(payload: object) -> str:
+    return json.dumps(payload, indent=2, allow_nan=False) + "\n"
+
+
+def write_csv(rows: Iterable[dict], columns: Sequence[str], path: str | Path, overwrite: bool = False) -> None:
+    """Write rows as CSV (None → empty cell, floats at full precision), atomically."""
+    _write_atomic(_csv_text(rows, columns), Path(path), overwrite)
 
 
 def write_json(payload: object, path: str | Path, overwrite: bool = False) -> None:
     """Write strict JSON (no NaN/inf), atomically."""
-    _write_atomic(json.dumps(payload, indent=2, allow_nan=False) + "\n", Path(path), overwrite)
+    _write_atomic(_json_text(payload), Path(path), overwrite)
 
 
 def write_report(
     report: EvaluationReport, csv_path: str | Path, json_path: str | Path | None = None, overwrite: bool = False
 ) -> None:
-    """Write the per-study rows and the mean row as CSV, and optionally everything as JSON."""
+    """Write the per-study rows and the mean row as CSV, and optionally everything as JSON.
+
+    Both texts are made before either file is written, so a failure leaves no file behind.
+    """
     paths = [Path(csv_path)] + ([Path(json_path)] if json_path is not None else [])
     check_outputs_free(paths, overwrite)
-    write_csv(report.table(), report.columns, paths[0], overwrite)
+    texts = [_csv_text(report.table(), report.columns)]
     if json_path is not None:
         payload = {
             "task": report.task,
@@ -318,4 +350,6 @@ def write_report(
             "failures": [{"case_id": case_id, "message": message} for case_id, message in report.failures],
             "unmatched_predictions": report.unmatched_predictions,
         }
-        write_json(payload, paths[1], overwrite)
+        texts.append(_json_text(payload))
+    for path, text in zip(paths, texts):
+        _write_atomic(text, path, overwrite)

@@ -51,7 +51,7 @@ from huggingface_hub import (
     get_session,
     get_token,
 )
-from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RevisionNotFoundError
 from safetensors import SafetensorError, safe_open
 
 from .configuration_mirror_unet import AUTOPET_MODALITIES, BRATS_MODALITIES, PRESETS, MirrorUNetConfig
@@ -492,6 +492,14 @@ def _request_timeout(seconds: float | None) -> Iterator[None]:
         client.timeout = previous
 
 
+def _holds(api: HfApi, repo_id: str, repo_type: str, revision: str | None, path: str) -> bool:
+    """Whether `revision` of an existing repo has `path` (a branch that does not exist yet has nothing)."""
+    try:
+        return bool(api.get_paths_info(repo_id, [path], repo_type=repo_type, revision=revision))
+    except RevisionNotFoundError:
+        return False
+
+
 def _commit_files(
     files: list[tuple[str, Path]],
     repo_id: str,
@@ -503,14 +511,22 @@ def _commit_files(
     token: str,
     endpoint: str | None,
     timeout: float | None,
+    guarded: str | None = None,
+    overwrite: bool = True,
 ) -> str:
     """Create the repo (and branch) if needed and commit `files` ((path in repo, local file) pairs, only
-    read) in one commit; returns the repo URL."""
+    read) in one commit; returns the repo URL. Without `overwrite`, a revision that already holds the file
+    `guarded` (e.g. the weights) is refused before anything is sent."""
     api = HfApi(endpoint=endpoint, token=token, library_name="mirror-unet-hf")
     action = f"pushing to {repo_id}"
     operations = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(source)) for path, source in files]
     with _request_timeout(timeout), _hub_errors(action, api.endpoint, timeout):
         url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+        if guarded and not overwrite and _holds(api, repo_id, repo_type, revision, guarded):
+            raise UserInputError(
+                f"--repo-id {repo_id} already holds {guarded} on {revision or constants.DEFAULT_REVISION}; pass "
+                "--overwrite (overwrite=True) to publish over it (the Hub keeps the old version in the history)"
+            )
         if revision and revision != constants.DEFAULT_REVISION:
             api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
         # create_commit (unlike upload_folder with hf_xet installed) always makes exactly one commit.
@@ -535,6 +551,7 @@ def push_checkpoint(
     token: str | None = None,
     endpoint: str | None = None,
     timeout: float | None = DEFAULT_TIMEOUT,
+    overwrite: bool = False,
 ) -> str:
     """Publish a checkpoint folder as a Hub model repo with a generated model card; returns the repo URL.
 
@@ -554,6 +571,7 @@ def push_checkpoint(
         token: defaults to HF_TOKEN / the `hf auth login` token (`huggingface_hub.get_token()`).
         endpoint: Hub URL; defaults to HF_ENDPOINT (read by huggingface_hub at import) or huggingface.co.
         timeout: seconds a single HTTP request may stall before the push fails (None: wait forever).
+        overwrite: publish even when `revision` already holds weights (refused by default).
 
     Raises:
         UserInputError: a bad folder, metrics file, repo id or missing token (before anything is sent);
@@ -588,6 +606,8 @@ def push_checkpoint(
             token=token,
             endpoint=endpoint,
             timeout=timeout,
+            guarded=WEIGHTS_FILE,
+            overwrite=overwrite,
         )
 
 

@@ -37,11 +37,16 @@ def common(phantom_dir, tmp_path, norm="instance", preset="autopet-v2"):
     ]
 
 
+def train_env(extra=None) -> dict:
+    # One thread per process: on a shared 2-core machine spinning OpenMP threads make 6 steps take 30 s.
+    # Runs that are compared must use the same thread count (it changes float summation order).
+    return {"OMP_NUM_THREADS": "1", **os.environ, "HF_HOME": os.environ.get("HF_HOME", "/tmp/hf-home-tests"), **(extra or {})}
+
+
 def run(args, env=None, timeout=600, launcher=None):
     """Run train.py in its own process group; on timeout the whole group (torchrun's workers too) is killed."""
     command = (launcher or [sys.executable]) + [str(SCRIPT), *args]
-    full_env = {**os.environ, "HF_HOME": os.environ.get("HF_HOME", "/tmp/hf-home-tests"), **(env or {})}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env,
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=train_env(env),
                                start_new_session=True)
     try:
         stdout, stderr = process.communicate(timeout=timeout)
@@ -104,7 +109,7 @@ def test_kill_and_resume_gives_the_weights_of_an_uninterrupted_run(phantom_dir, 
 
     interrupted = tmp_path / "interrupted"
     process = subprocess.Popen([sys.executable, str(SCRIPT), *base, "--output_dir", str(interrupted)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=train_env())
     deadline = time.time() + 300
     while not (interrupted / "checkpoints" / "step_2").exists() and time.time() < deadline and process.poll() is None:
         time.sleep(0.05)

@@ -86,6 +86,9 @@ class TrainingArguments:
     push_to_hub: bool = field(default=False, metadata={"help": "push best/ (or final/) to the Hub at the end"})
     hub_model_id: str | None = field(default=None, metadata={"help": "Hub repo id for --push_to_hub"})
     max_train_studies: int | None = field(default=None, metadata={"help": "use only the first N training studies (debugging)"})
+    skip_bad: bool = field(
+        default=False, metadata={"help": "leave out unreadable studies when building the dataset (each is listed) instead of stopping"}
+    )
 
 
 # ---------------------------------------------------------------------------------------------- arguments
@@ -220,6 +223,20 @@ def replace_folder(staging: Path, target: Path) -> None:
         shutil.rmtree(old)
 
 
+def clear_previous_run(output: Path) -> None:
+    """A new run in a used output_dir (--overwrite_output_dir): remove what the previous run wrote, so its
+    checkpoints are neither overwritten in place nor resumed by a later `--resume_from_checkpoint latest`."""
+    for name in ("checkpoints", "best", "final", "trainer_state.json"):
+        path = output / name
+        if path.is_dir():
+            doomed = output / f".{name}.previous-run"
+            shutil.rmtree(doomed, ignore_errors=True)
+            os.replace(path, doomed)
+            shutil.rmtree(doomed)
+        elif path.exists():
+            path.unlink()
+
+
 def write_json_atomic(path: Path, payload) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
@@ -246,7 +263,8 @@ def training_data(args: TrainingArguments, config, accelerator):
         accelerator.wait_for_everyone()
     cache_dir = args.cache_dir or str(output.parent / "datasets-cache")
     with accelerator.main_process_first():
-        dataset = load_mirror_dataset(args.dataset, data_dir, fold=args.fold, num_folds=args.num_folds, cache_dir=cache_dir)
+        dataset = load_mirror_dataset(args.dataset, data_dir, fold=args.fold, num_folds=args.num_folds, cache_dir=cache_dir,
+                                      skip_bad=args.skip_bad)
     if args.max_train_studies:
         dataset["train"] = dataset["train"].select(range(min(args.max_train_studies, len(dataset["train"]))))
     if len(dataset["train"]) == 0:
@@ -330,6 +348,9 @@ def train(args: TrainingArguments) -> int:
     dataset, data_dir = training_data(args, config, accelerator)
     if accelerator.is_main_process:  # only once the data is known to be usable
         output.mkdir(parents=True, exist_ok=True)
+        if resume is None and args.overwrite_output_dir:
+            clear_previous_run(output)
+    accelerator.wait_for_everyone()
     train_set = MirrorPatchDataset(
         dataset["train"], config, config.patch_size, args.patches_per_volume, tuple(args.pos_neg_ratio), seed=args.seed
     )
@@ -346,7 +367,8 @@ def train(args: TrainingArguments) -> int:
     decay_every = args.lr_decay_every or max(1, round(args.max_steps * 250 / 400))
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=decay_every, gamma=args.lr_decay_factor)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    accelerator.register_for_checkpointing(scheduler)
+    # The scheduler's state goes into trainer_state.json: Accelerate would pickle a registered object and
+    # unpickle it with the full unpickler on resume, which runs any code a checkpoint file carries.
 
     global_batch = args.per_device_train_batch_size * accelerator.num_processes
     # epoch and batches_in_epoch locate the data stream exactly, so a resumed run sees the same batches
@@ -354,11 +376,14 @@ def train(args: TrainingArguments) -> int:
     if resume is not None:
         accelerator.load_state(str(resume))
         state = json.loads((resume / "trainer_state.json").read_text())
+        if "scheduler" not in state:
+            raise UserInputError(f"--resume_from_checkpoint {resume}: written by an older train.py (scheduler state in a pickle); start a new run")
+        scheduler.load_state_dict(state.pop("scheduler"))
         accelerator.print(f"Resumed from {resume} at step {state['step']}")
     if accelerator.is_main_process and trackers:
         accelerator.init_trackers("mirror-unet", config={k: str(v) for k, v in dataclasses.asdict(args).items()})
 
-    settings = SlidingWindowSettings(overlap=args.overlap, precision="bf16" if args.mixed_precision == "bf16" else "fp32", device=str(accelerator.device))
+    settings = SlidingWindowSettings(overlap=args.overlap, precision="bf16" if args.mixed_precision == "bf16" else "fp32", device=str(next(accelerator.unwrap_model(model).parameters()).device))
     run_info = {**dataclasses.asdict(args), "data_dir": str(data_dir), "phantoms": args.data_dir is None,
                 "num_processes": accelerator.num_processes, "global_batch_size": global_batch,
                 "train_studies": len(dataset["train"]), "validation_studies": len(dataset["validation"])}
@@ -400,11 +425,14 @@ def train(args: TrainingArguments) -> int:
         accelerator.wait_for_everyone()
         accelerator.save_state(str(staging))
         if accelerator.is_main_process:
-            write_json_atomic(staging / "trainer_state.json", state)
-            os.replace(staging, folder / f"step_{state['step']}")
+            write_json_atomic(staging / "trainer_state.json", {**state, "scheduler": scheduler.state_dict()})
+            replace_folder(staging, folder / f"step_{state['step']}")  # a resume from an older checkpoint re-saves
             checkpoints = list_checkpoints(output)
             for old in checkpoints[: max(0, len(checkpoints) - (args.checkpoints_total_limit or len(checkpoints)))]:
-                shutil.rmtree(old)
+                doomed = old.with_name(f".{old.name}.deleting")  # renamed first: a kill mid-delete leaves no step_N
+                shutil.rmtree(doomed, ignore_errors=True)
+                os.replace(old, doomed)
+                shutil.rmtree(doomed)
         accelerator.wait_for_everyone()
 
     model.train()
@@ -466,7 +494,9 @@ def train(args: TrainingArguments) -> int:
         from mirror_unet_hf.hub import push_checkpoint
 
         folder = output / "best" if (output / "best").exists() else output / "final"
-        url = push_checkpoint(folder, args.hub_model_id, metrics_path=folder / "metrics.json" if (folder / "metrics.json").exists() else None)
+        # --hub_model_id names the repo for this run on purpose: a new version over older weights is intended
+        url = push_checkpoint(folder, args.hub_model_id, metrics_path=folder / "metrics.json" if (folder / "metrics.json").exists() else None,
+                              overwrite=True)
         accelerator.print(f"Pushed {folder} to {url}")
     return 0
 

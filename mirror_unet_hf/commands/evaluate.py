@@ -1,7 +1,8 @@
 """``mirror-unet evaluate``: score a prediction folder against ground truth and write the metrics table.
 
-Exit codes: 0 every study scored; 1 a prediction missing or (with ``--skip-bad``) a study failed;
-2 a user mistake (bad folder, unreadable or mismatched study without ``--skip-bad``, existing output).
+Exit codes: 0 every study scored; 1 a prediction missing or (with ``--skip-bad``) a study failed, each
+listed at the end (an internal error with its traceback); 2 a user mistake (bad folder, unreadable or
+mismatched study without ``--skip-bad``, existing output).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--skip-bad",
         action="store_true",
-        help="record unreadable or mismatched studies as errors and go on (exit code 1) instead of stopping",
+        help="record unreadable or mismatched studies as errors, go on, and list them at the end (exit code 1) "
+        "instead of stopping at the first",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
@@ -65,4 +67,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"missing prediction: {case_id}", file=sys.stderr)
     for case_id, message in report.failures:
         print(f"failed: {case_id}: {message}", file=sys.stderr)
+    for case_id, trace in report.tracebacks.items():  # bugs, not bad files: keep what is needed to fix them
+        print(f"traceback of the internal error in {case_id}:\n{trace}", file=sys.stderr)
     return report.exit_code

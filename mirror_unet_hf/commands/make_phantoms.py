@@ -1,10 +1,21 @@
-"""``mirror-unet make-phantoms``: write synthetic AutoPET or MSD BrainTumour studies in the real on-disk layout."""
+"""``mirror-unet make-phantoms``: write synthetic AutoPET or MSD BrainTumour studies in the real on-disk layout.
+
+An existing dataset folder (or AutoPET metadata CSV) in ``--out`` is refused unless ``--overwrite``; with
+it, the new studies are written beside the old ones first and swapped in by renames, so an interrupted
+run leaves either the old dataset or the new one, plus at most a hidden ``.make-phantoms.*.tmp`` folder.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
+from ..data.constants import AUTOPET_FOLDER, AUTOPET_METADATA_CSV, BRAIN_TUMOUR_FOLDER
 from ..data.phantoms import make_phantoms
+from ..errors import UserInputError
 
 HELP = "Write synthetic PET/CT (AutoPET layout) or brain MRI (MSD Task01 layout) studies for tests and demos."
 
@@ -22,9 +33,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar=("X", "Y", "Z"),
         help="voxels per axis (default 96 96 80 for autopet at 2x2x3 mm, 64 80 64 for brain_tumour at 2 mm)",
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing phantom dataset in --out")
+
+
+def outputs(layout: str, out: Path) -> list[Path]:
+    """What a run writes in ``out``: the dataset folder, and for AutoPET the metadata CSV beside it."""
+    if layout == "autopet":
+        return [out / AUTOPET_FOLDER, out / AUTOPET_METADATA_CSV]
+    return [out / BRAIN_TUMOUR_FOLDER]
 
 
 def run(args: argparse.Namespace) -> int:
-    root = make_phantoms(args.layout, args.out, args.n, args.seed, shape=args.shape)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"--out {out} is a file; expected a folder")
+    existing = [path for path in outputs(args.layout, out) if path.exists()]
+    if existing and not args.overwrite:
+        raise UserInputError(f"--out {out}: {existing[0]} already exists; pass --overwrite to replace it")
+    if not existing:
+        root = make_phantoms(args.layout, out, args.n, args.seed, shape=args.shape)
+    else:
+        staging = Path(tempfile.mkdtemp(prefix=".make-phantoms.", suffix=".tmp", dir=out))
+        try:
+            make_phantoms(args.layout, staging / "new", args.n, args.seed, shape=args.shape)
+            (staging / "old").mkdir()
+            for path in outputs(args.layout, out):
+                if path.exists():
+                    os.replace(path, staging / "old" / path.name)
+                os.replace(staging / "new" / path.name, path)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        root = outputs(args.layout, out)[0]
     print(f"wrote {args.n} {args.layout} phantom studies to {root}")
     return 0

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import sys
+import traceback
 from pathlib import Path
 
 from ..errors import UserInputError
@@ -59,6 +61,27 @@ def _check_output(path: Path | None, overwrite: bool, flag: str) -> None:
         raise UserInputError(f"{flag} {path} already exists; pass --overwrite to replace it")
 
 
+def _lesion_json(csv_path: Path) -> Path:
+    return csv_path.with_name(csv_path.name.removesuffix(".csv") + ".json")
+
+
+def _check_branches_free(folder: Path | None, stems: list[str], overwrite: bool) -> None:
+    """Refuse before predicting when --save-branches already holds a file of these studies."""
+    if folder is None or overwrite or not folder.is_dir():
+        return
+    taken = next((p for stem in stems for p in folder.glob(f"{glob.escape(stem)}_*.nii.gz")), None)
+    if taken is not None:
+        raise UserInputError(f"--save-branches: {taken} already exists; pass --overwrite to replace it")
+
+
+def _exists(path: Path) -> bool:
+    """Path.exists(), but a name the file system refuses (too long) is "not there": writing it fails per study."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
+
+
 def dataset_studies(folder: Path) -> dict[str, Path]:
     """case_id → study (AutoPET study folder or MSD 4D image) for a dataset folder, with the same case
     ids as the dataset builder (so `evaluate` matches predictions to ground truth)."""
@@ -100,8 +123,7 @@ def _lesions(prediction, pet_source, csv_path: Path, overwrite: bool) -> dict:
     pet = np.asanyarray(load_nifti(pet_source).dataobj, dtype=np.float32)
     mask = np.asanyarray(prediction.mask.dataobj)
     table = lesion_table(mask, pet, prediction.mask.affine)
-    json_path = csv_path.with_name(csv_path.name.removesuffix(".csv") + ".json")
-    write_lesion_table(table, csv_path, json_path, overwrite=overwrite)
+    write_lesion_table(table, csv_path, _lesion_json(csv_path), overwrite=overwrite)
     return table.summary()
 
 
@@ -124,6 +146,10 @@ def run(args) -> int:
     lesions = Path(args.lesions) if args.lesions else None
     _check_output(out, args.overwrite, "--out")
     _check_output(lesions, args.overwrite, "--lesions")
+    _check_output(_lesion_json(lesions) if lesions else None, args.overwrite, "--lesions (its JSON summary)")
+    branches = Path(args.save_branches) if args.save_branches else None
+    if single:
+        _check_branches_free(branches, [out.name.split(".nii")[0]], args.overwrite)
     settings = SlidingWindowSettings(
         window=tuple(args.window) if args.window else None, overlap=args.overlap, window_batch=args.window_batch,
         blend=args.blend, precision=args.precision, device=args.device,
@@ -153,9 +179,10 @@ def run(args) -> int:
     if not out_dir.parent.is_dir():
         raise UserInputError(f"--out-dir {out_dir}: folder {out_dir.parent} does not exist")
     studies = dataset_studies(Path(args.input_dir))
-    existing = [case for case in studies if (out_dir / f"{case}.nii.gz").exists()]
+    existing = [case for case in studies if _exists(out_dir / f"{case}.nii.gz")]
     if existing and not args.overwrite:
         raise UserInputError(f"--out-dir {out_dir} already holds {len(existing)} of these predictions (e.g. {existing[0]}.nii.gz); pass --overwrite")
+    _check_branches_free(branches, list(studies), args.overwrite)
     out_dir.mkdir(exist_ok=True)
     failures = []
     from tqdm.auto import tqdm
@@ -166,10 +193,14 @@ def run(args) -> int:
             save_nifti(prediction.mask, out_dir / f"{case_id}.nii.gz")
             if with_branches:
                 _write_branches(prediction, Path(args.save_branches), case_id, args.overwrite)
-        except UserInputError as error:
+        except Exception as error:  # with --skip-bad one study's failure, even a bug, must not end the run
             if not args.skip_bad:
                 raise
-            failures.append((case_id, str(error).splitlines()[0]))
+            if isinstance(error, UserInputError):
+                failures.append((case_id, str(error).splitlines()[0]))
+            else:
+                failures.append((case_id, f"internal error: {type(error).__name__}: {error}".splitlines()[0]))
+                print(f"traceback of the internal error in {case_id}:\n{traceback.format_exc()}", file=sys.stderr)
     done = len(studies) - len(failures)
     print(f"wrote {done} of {len(studies)} masks to {out_dir}")
     for case_id, message in failures:

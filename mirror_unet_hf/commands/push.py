@@ -17,6 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--private", action="store_true", help="create the repo private (an existing repo keeps its visibility)")
     parser.add_argument("--revision", default=None, help="branch to commit to, created from main when missing (default: main)")
+    parser.add_argument("--overwrite", action="store_true", help="publish even when the repo (revision) already holds weights")
     parser.add_argument("--commit-message", default=None, help="commit message (default: 'Upload Mirror U-Net <preset> checkpoint')")
     parser.add_argument(
         "--space", metavar="DEMO_DIR", default=None,
@@ -42,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         revision=args.revision,
         commit_message=args.commit_message,
         timeout=args.timeout,
+        overwrite=args.overwrite,
     )
     print(url)
     if args.space:

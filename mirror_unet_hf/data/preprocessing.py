@@ -7,8 +7,10 @@ preprocessed grid back onto the ORIGINAL grid of the reference modality (e.g. th
 Steps, in order:
 
 1. checks: every modality of ``config.modalities`` present and no other; each file readable, 3D and
-   finite; each modality's grid overlaps the reference grid in world space; the label (if any) lies on
-   the reference grid exactly (same shape and affine).
+   finite with a sane header (``mirror_unet_hf.data.nifti_io``); each modality's grid overlaps the
+   reference grid in world space; the label (if any) holds class indices (0..len(config.label_names)-1
+   when the config has ``label_names``) and lies on the reference grid exactly (same shape and affine);
+   the resampled grid fits the size limit of ``nifti_io.max_nifti_bytes()``.
 2. every other modality is resampled onto the reference modality's grid through the two affines
    (trilinear; outside its field of view a modality takes its own minimum, e.g. -1000 HU for CT);
 3. reorientation to RAS+ (a lossless flip/transpose chosen by ``nibabel.orientations``);
@@ -53,9 +55,11 @@ from .nifti_io import (
     grid_of,
     grids_overlap,
     load_nifti,
+    max_nifti_bytes,
     read_array,
     require_3d,
     require_finite,
+    require_label_values,
     same_grid,
     where,
 )
@@ -201,6 +205,8 @@ def preprocess_study(
     label_array = None
     if label is not None:
         label_grid, label_array = _load_volume(label, case_id, "label")
+        label_names = getattr(config, "label_names", None)
+        require_label_values(label_array, len(label_names) if label_names else None, case_id, _describe(label, "label"))
         if not same_grid(label_grid, reference_grid):
             raise UserInputError(
                 f"{where(case_id, _describe(label, 'label'))}: label grid (shape {label_grid.shape}) disagrees with the "
@@ -209,6 +215,13 @@ def preprocess_study(
 
     ornt, oriented = _ras_orientation(reference_grid)
     target, ratio = _target_grid(oriented, settings["target_spacing"])
+    resampled_bytes = math.prod(target.shape) * len(modalities) * 4
+    if resampled_bytes > max_nifti_bytes():
+        raise UserInputError(
+            f"{where(case_id, _describe(images[reference], reference))}: resampling its {reference_grid.shape} voxels of "
+            f"{_mm(reference_grid.spacing)} mm to {_mm(settings['target_spacing'] or reference_grid.spacing)} mm would make a {target.shape} grid "
+            f"({resampled_bytes / 1024**3:.3g} GiB); check the voxel size in the header"
+        )
     stacked = _zoom(_reorient(stacked, ornt), ratio, target.shape, order=1)
     for index, name in enumerate(modalities):
         _normalise_in_place(stacked[index], settings["intensity_windows"].get(name))
@@ -295,6 +308,10 @@ def crop_to_box(array: np.ndarray, box: Box) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+
+
+def _mm(values: Sequence[float]) -> str:
+    return "x".join(f"{float(v):g}" for v in values)
 
 
 def _study(case_id: str | None) -> str:
