@@ -111,6 +111,8 @@ def wait_and_kill(process: subprocess.Popen, output: Path, mode: str, rng: rando
     writing = bool(staging_folders(output))
     finished = process.poll() is not None
     kill(process)
+    # a short run can write final/ and be killed on its way out: its results were already complete
+    finished = finished or (output / "final").exists()
     return "finished before the kill" if finished else ("inside a checkpoint write" if writing else mode)
 
 
