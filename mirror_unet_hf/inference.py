@@ -21,7 +21,7 @@ from .data.constants import AUTOPET_FILES, AUTOPET_LABEL_FILE, BRAIN_TUMOUR_MODA
 from .data.nifti_io import NiftiSource, load_nifti
 from .data.preprocessing import PreprocessedStudy, preprocess_study
 from .errors import UserInputError
-from .sliding_window import SlidingWindowSettings, labels_from_logits, sliding_window_predict
+from .sliding_window import SlidingWindowSettings, sliding_window_predict
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -117,6 +117,7 @@ class StudyPrediction:
             diagnosis class; None without a classification head.
         preprocessed: the network's view of the study (for viewers and debugging).
         seconds: wall time of each stage.
+        run: how the network ran: resolved `precision` (`"fp32"` or `"bf16"`), CPU `workers`, `window_batch`, `windows`.
     """
 
     mask: nib.Nifti1Image
@@ -124,6 +125,7 @@ class StudyPrediction:
     classification: dict[str, float] | None = None
     preprocessed: PreprocessedStudy | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    run: dict = field(default_factory=dict)
 
 
 def _to_modality_units(values: np.ndarray, window) -> np.ndarray:
@@ -170,13 +172,14 @@ def predict_study(
         model: a `MirrorUNetModel` (see `load_model`).
         images: modality name → NIfTI path, bytes or nibabel image, exactly `model.config.modalities`.
             Modalities on other grids (a native CT beside the PET) are resampled onto the reference grid.
-        settings: window, overlap, window batch, blending, precision and device.
+        settings: window, overlap, window batch, blending, precision, device and CPU workers (default:
+            `SlidingWindowSettings(precision="auto")`: bf16 where the device computes it natively).
         with_branches: also return every branch output and the bottleneck decoder's (slower: runs all branches).
         with_classification: run the classification head, if the model has one.
         case_id: named in error messages.
         progress: called as `progress(done_windows, total_windows)`.
     """
-    settings = settings or SlidingWindowSettings()
+    settings = settings or SlidingWindowSettings(precision="auto")
     config = model.config
     seconds = {}
     start = time.perf_counter()
@@ -189,11 +192,12 @@ def predict_study(
     if with_classification and config.classification_head is not None:
         parts.append("classification")
     start = time.perf_counter()
-    result = sliding_window_predict(model, study.image, settings, parts=tuple(parts), progress=progress)
+    # only the mask is needed: for two classes the sliding window blends one margin channel
+    result = sliding_window_predict(model, study.image, settings, parts=tuple(parts), progress=progress, keep_logits=False)
     seconds["network"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    labels = labels_from_logits(model, result.logits)
+    labels = result.labels
     mask = study.restore_nifti(labels, order=0, dtype=np.uint8)
     mask.header.set_data_dtype(np.uint8)
     branches = _branch_images(model, study, result) if with_branches else {}
@@ -203,4 +207,7 @@ def predict_study(
         names = ["lesion_presence"] if head["task"] == "lesion_presence" else list(head["class_names"])
         classification = {name: float(p) for name, p in zip(names, result.classification)}
     seconds["restore"] = time.perf_counter() - start
-    return StudyPrediction(mask=mask, branches=branches, classification=classification, preprocessed=study, seconds=seconds)
+    run = {"precision": result.precision, "workers": result.workers, "window_batch": result.window_batch, "windows": result.num_windows}
+    return StudyPrediction(
+        mask=mask, branches=branches, classification=classification, preprocessed=study, seconds=seconds, run=run
+    )

@@ -3,13 +3,29 @@
 Windows are run in batches and their outputs blended into preallocated CPU buffers, so memory is
 bounded by the output volume, never by the number of windows. Used by `predict`, by training-time
 validation and by the demo (one implementation for all three).
+
+How it runs (measured on a 2-core AVX-512-bf16 CPU, see `benchmarks/bench_inference.py`):
+
+- `precision="auto"` (the default of `predict_study` / `mirror-unet predict`) picks bf16 where the hardware computes it natively (CPUs with
+  AVX-512-bf16 or AMX, CUDA GPUs with bf16) and fp32 elsewhere. The bf16 path runs an inference copy
+  of the model with BatchNorm folded into the convolutions (`fold_batch_norm`), channels-last-3d
+  memory layout and bf16 autocast. `precision="fp32"` runs the model exactly as it is.
+- On the CPU, windows are spread over `workers` threads that each run one window at a time with one
+  intra-op thread. One window with all threads spends much of its time in thread synchronisation
+  of small operations, and loses most of its speed as soon as another process wants a core.
+- When only the label mask is wanted (`keep_logits=False`, as `predict_study` does) and the final
+  output has two classes, only the foreground-minus-background logit is blended: its sign is the
+  argmax of the blended logits, in half the memory and without the weight map.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
 import math
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +34,29 @@ import torch
 from .errors import UserInputError
 
 BLENDS = ("constant", "gaussian")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def fast_bf16_available(device: str | torch.device = "cpu") -> bool:
+    """Whether `device` computes bf16 natively: a CUDA GPU that supports it, or a CPU with
+    AVX-512-bf16 or AMX (through oneDNN). Elsewhere bf16 is emulated and slower than fp32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    try:
+        return any(bool(check()) for check in checks if check is not None)
+    except Exception:  # private helpers: treat any failure as "no"
+        return False
+
+
+def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str:
+    """`"auto"` → `"bf16"` where `fast_bf16_available(device)`, else `"fp32"`; others unchanged."""
+    if precision == "auto":
+        return "bf16" if fast_bf16_available(device) else "fp32"
+    return precision
 
 
 @dataclass
@@ -29,23 +67,30 @@ class SlidingWindowSettings:
         window: window size in voxels (default: the model's `config.patch_size`, 96³ for the
             presets); shrunk per axis to the padded volume where the volume is smaller.
         overlap: fraction of a window shared with its neighbour (0.25, as the reference).
-        window_batch: windows per forward pass.
+        window_batch: windows per forward pass (default: 2 for fp32 on a CPU, where PyTorch runs batch-1
+            3D convolutions of small feature maps through a slow im2col kernel instead of oneDNN; 1 otherwise).
         blend: `"constant"` (the reference's mean of overlapping windows) or `"gaussian"`.
-        precision: `"fp32"` (exact) or `"bf16"` (autocast; faster on CPUs with AVX-512 bf16 and on GPUs).
+        precision: `"fp32"` (exact: the model as it is; the default here, so that library callers such
+            as training-time validation get exact numbers), `"bf16"` (BatchNorm folded, channels-last,
+            bf16 autocast) or `"auto"` (bf16 where the device computes it natively, else fp32; the
+            default of `predict_study` and `mirror-unet predict`).
         device: where the network runs (`"cpu"`, `"cuda"`, `"cuda:1"`...); outputs are blended on the CPU.
+        workers: CPU only: windows run in parallel, each worker with `threads // workers` intra-op
+            threads (default: one worker per torch thread, at most 4). Ignored on a GPU (one stream).
     """
 
     window: tuple[int, int, int] | None = None
     overlap: float = 0.25
-    window_batch: int = 1
+    window_batch: int | None = None
     blend: str = "constant"
     precision: str = "fp32"
     device: str = "cpu"
+    workers: int | None = None
 
     def check(self) -> None:
         if not 0.0 <= self.overlap < 1.0:
             raise UserInputError(f"overlap is {self.overlap}; expected a fraction in [0, 1)")
-        if self.window_batch < 1:
+        if self.window_batch is not None and (isinstance(self.window_batch, bool) or self.window_batch < 1):
             raise UserInputError(f"window batch is {self.window_batch}; expected at least 1")
         if self.blend not in BLENDS:
             raise UserInputError(f"blend is {self.blend!r}; expected one of: {', '.join(BLENDS)}")
@@ -53,6 +98,12 @@ class SlidingWindowSettings:
             raise UserInputError(f"precision is {self.precision!r}; expected one of: {', '.join(PRECISIONS)}")
         if self.window is not None and (len(self.window) != 3 or min(self.window) < 1):
             raise UserInputError(f"window is {self.window}; expected three positive sizes in voxels")
+        if self.workers is not None and (isinstance(self.workers, bool) or int(self.workers) != self.workers or self.workers < 1):
+            raise UserInputError(f"workers is {self.workers!r}; expected a positive number of threads")
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError):
+            raise UserInputError(f"device is {self.device!r}; expected cpu, cuda or cuda:N") from None
 
 
 def window_starts(size: int, window: int, overlap: float) -> list[int]:
@@ -85,13 +136,48 @@ def effective_window(model, shape: tuple[int, int, int], settings: SlidingWindow
     return tuple(min(w, math.ceil(s / stride) * stride) for w, s in zip(window, shape))
 
 
+def _model_device(model) -> torch.device | None:
+    parameter = next(iter(model.parameters()), None)
+    return None if parameter is None else parameter.device
+
+
+def inference_model(model, precision: str, device: str | torch.device = "cpu"):
+    """The network that sliding-window inference runs for a resolved `precision` (`"fp32"`/`"bf16"`).
+
+    fp32: `model` itself, untouched (the exact path). bf16: a copy with BatchNorm folded into the
+    convolutions (eval-mode models only; a model in training mode keeps its BatchNorm) in
+    channels-last-3d layout on `device`; the caller's model is not changed.
+    """
+    device = torch.device(device)
+    if precision != "bf16":
+        return model
+    from .modeling_mirror_unet import fold_batch_norm
+
+    if model.training:
+        prepared = copy.deepcopy(model)
+    else:
+        prepared = fold_batch_norm(model)
+    return prepared.to(device=device, memory_format=torch.channels_last_3d)
+
+
+def _worker_layout(settings: SlidingWindowSettings, device: torch.device) -> tuple[int, int]:
+    """(workers, intra-op threads per worker) for this run."""
+    if device.type != "cpu":
+        return 1, torch.get_num_threads()
+    threads = torch.get_num_threads()
+    workers = settings.workers if settings.workers is not None else min(threads, 4)
+    return int(workers), max(1, threads // int(workers))
+
+
 @dataclass
 class SlidingWindowResult:
     """Blended outputs on the input volume's grid (float32, numpy).
 
-    `logits` `(K, X, Y, Z)` final logits; `branches` name → `(C, X, Y, Z)`; `bottleneck_decoder`
-    `(C, X, Y, Z)`; `classification`: lesion-presence probability (max over windows: a study holds a
-    lesion when any window does) or diagnosis probabilities (mean over windows).
+    `logits` `(K, X, Y, Z)` final logits (None with `keep_logits=False`); `labels` `(X, Y, Z)` uint8
+    final classes in the dataset's label map (`config.final_label_values`); `branches` name →
+    `(C, X, Y, Z)`; `bottleneck_decoder` `(C, X, Y, Z)`; `classification`: lesion-presence probability
+    (max over windows: a study holds a lesion when any window does) or diagnosis probabilities (mean
+    over windows). `precision`, `workers` and `window_batch` say how it ran.
     """
 
     logits: np.ndarray | None
@@ -99,20 +185,33 @@ class SlidingWindowResult:
     bottleneck_decoder: np.ndarray | None
     classification: np.ndarray | None
     num_windows: int
+    labels: np.ndarray | None = None
+    precision: str = "fp32"
+    workers: int = 1
+    window_batch: int = 1
 
 
-@torch.inference_mode()
+def _axis_counts(size: int, window: int, starts: list[int]) -> np.ndarray:
+    counts = np.zeros(size, dtype=np.float32)
+    for s in starts:
+        counts[s : s + window] += 1.0
+    return counts
+
+
 def sliding_window_predict(
     model,
     volume: torch.Tensor | np.ndarray,
     settings: SlidingWindowSettings | None = None,
     parts: tuple[str, ...] = ("logits",),
     progress=None,
+    keep_logits: bool = True,
 ) -> SlidingWindowResult:
     """Run `model` over `volume` `(M, X, Y, Z)` (normalised, `config.modalities` order) window by window.
 
     `parts` selects the outputs, as `MirrorUNetModel.forward(parts=...)`. `progress`, if given, is
-    called as `progress(done_windows, total_windows)`.
+    called as `progress(done_windows, total_windows)`. With `keep_logits=False` only the label mask
+    of the final output is kept (`result.labels`; `result.logits` is None), which for two classes
+    blends one channel instead of two.
     """
     settings = settings or SlidingWindowSettings()
     settings.check()
@@ -122,6 +221,15 @@ def sliding_window_predict(
             f"volume has shape {tuple(volume.shape)}; expected (M, X, Y, Z) with M = {len(model.config.modalities)} "
             f"({', '.join(model.config.modalities)})"
         )
+    device = torch.device(settings.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserInputError(f"device {settings.device!r} asked for, but this torch build sees no CUDA GPU")
+    on_device = _model_device(model)
+    precision = resolve_precision(settings.precision, device)
+    if precision == "fp32" and on_device is not None and on_device != device and not (
+        on_device.type == device.type == "cuda" and device.index is None
+    ):
+        raise UserInputError(f"the model is on {on_device} but the device asked for is {device}; move it with model.to({str(device)!r})")
     shape = tuple(volume.shape[1:])
     window = effective_window(model, shape, settings)
     padded = tuple(max(s, w) for s, w in zip(shape, window))
@@ -129,51 +237,124 @@ def sliding_window_predict(
         # pad at the far end with zeros (the normalised value of air / background)
         pad = [p for s, q in zip(reversed(shape), reversed(padded)) for p in (0, q - s)]
         volume = torch.nn.functional.pad(volume, pad)
-    device = torch.device(settings.device)
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16)
-        if settings.precision == "bf16"
-        else contextlib.nullcontext()
-    )
-    weights = (gaussian_weights(window) if settings.blend == "gaussian" else torch.ones(window)).numpy()
-    starts = list(itertools.product(*(window_starts(s, w, settings.overlap) for s, w in zip(padded, window))))
+    axis_starts = [window_starts(s, w, settings.overlap) for s, w in zip(padded, window)]
+    starts = list(itertools.product(*axis_starts))
+    gaussian = settings.blend == "gaussian"
+    weights = gaussian_weights(window).numpy() if gaussian else None
 
-    buffers: dict[str, np.ndarray] = {}
-    weight_sum = np.zeros(padded, dtype=np.float32)
-    cls_values = []
     model_parts = list(parts)
+    num_classes = len(model.config.final_label_values)
+    margin_only = "logits" in parts and not keep_logits and num_classes == 2
+    need_weights = (("logits" in parts) and not margin_only) or any(p in parts for p in ("branches", "bottleneck_decoder"))
+    channels_last = precision == "bf16"
+    net = inference_model(model, precision, device)
+    workers, intra_threads = _worker_layout(settings, device)
 
-    def accumulate(key, tensor, corner):
-        data = tensor.float().cpu().numpy()
-        if key not in buffers:
-            buffers[key] = np.zeros((data.shape[0], *padded), dtype=np.float32)
-        region = tuple(slice(c, c + w) for c, w in zip(corner, window))
-        buffers[key][(slice(None), *region)] += data * weights
+    def autocast():
+        if precision == "bf16":
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
-    for first in range(0, len(starts), settings.window_batch):
-        corners = starts[first : first + settings.window_batch]
+    def run(corners):
+        """One forward pass over a batch of windows; float32 numpy outputs (runs in a worker)."""
         batch = torch.stack(
             [volume[(slice(None), *(slice(c, c + w) for c, w in zip(corner, window)))] for corner in corners]
-        ).to(device)
-        with autocast:
-            out = model(batch, parts=model_parts)
-        for i, corner in enumerate(corners):
+        )
+        with torch.inference_mode(), autocast():
+            batch = batch.to(device)
+            if channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last_3d)
+            out = net(batch, parts=model_parts)
+            outputs = {}
             if out.logits is not None:
-                accumulate("logits", out.logits[i], corner)
+                logits = out.logits.float()
+                outputs["logits"] = (logits[:, 1] - logits[:, 0])[:, None] if margin_only else logits
             if "branches" in parts:
                 for name, value in out.branch_outputs.items():
-                    accumulate(f"branch/{name}", value[i], corner)
+                    outputs[f"branch/{name}"] = value.float()
             if out.bottleneck_decoder_output is not None:
-                accumulate("bottleneck_decoder", out.bottleneck_decoder_output[i], corner)
-            weight_sum[tuple(slice(c, c + w) for c, w in zip(corner, window))] += weights
-        if out.classification_logits is not None:
-            cls_values.append(out.classification_logits.float().cpu())
-        if progress is not None:
-            progress(min(first + settings.window_batch, len(starts)), len(starts))
+                outputs["bottleneck_decoder"] = out.bottleneck_decoder_output.float()
+            if out.classification_logits is not None:
+                outputs["classification"] = out.classification_logits.float()
+            return {key: value.contiguous().cpu().numpy() for key, value in outputs.items()}
+
+    buffers: dict[str, np.ndarray] = {}
+    weight_sum = np.zeros(padded, dtype=np.float32) if need_weights and gaussian else None
+    cls_values = []
+
+    def blend(corners, outputs):
+        for i, corner in enumerate(corners):
+            region = tuple(slice(c, c + w) for c, w in zip(corner, window))
+            for key, value in outputs.items():
+                if key == "classification":
+                    continue
+                if key not in buffers:
+                    buffers[key] = np.zeros((value.shape[1], *padded), dtype=np.float32)
+                target = buffers[key][(slice(None), *region)]
+                target += value[i] * weights if gaussian else value[i]
+            if weight_sum is not None:
+                weight_sum[region] += weights
+        if "classification" in outputs:
+            cls_values.append(torch.from_numpy(outputs["classification"]))
+
+    window_batch = settings.window_batch or (2 if precision == "fp32" and device.type == "cpu" else 1)
+    batches = [starts[i : i + window_batch] for i in range(0, len(starts), window_batch)]
+    done = 0
+    previous_threads = torch.get_num_threads()
+    pool = None
+    try:
+        if workers > 1:
+            pool = ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(intra_threads,))
+            pending = deque()
+            queue = iter(batches)
+            for corners in itertools.islice(queue, 2 * workers):
+                pending.append((corners, pool.submit(run, corners)))
+            while pending:
+                corners, future = pending.popleft()
+                outputs = future.result()  # in order: the blended sums do not depend on timing
+                following = next(queue, None)
+                if following is not None:
+                    pending.append((following, pool.submit(run, following)))
+                blend(corners, outputs)
+                done += len(corners)
+                if progress is not None:
+                    progress(done, len(starts))
+        else:
+            if device.type == "cpu" and settings.workers is not None:
+                torch.set_num_threads(intra_threads)
+            for corners in batches:
+                blend(corners, run(corners))
+                done += len(corners)
+                if progress is not None:
+                    progress(done, len(starts))
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        # worker threads set the process-wide default for new threads; put it back
+        torch.set_num_threads(previous_threads)
 
     crop = tuple(slice(0, s) for s in shape)
-    weight_sum = weight_sum[crop]
-    result = {key: value[(slice(None), *crop)] / weight_sum for key, value in buffers.items()}
+    if need_weights and weight_sum is None:
+        # constant blending: the window count per voxel is the product of the per-axis counts
+        counts = [_axis_counts(p, w, s)[: n] for p, w, s, n in zip(padded, window, axis_starts, shape)]
+        weight_sum = counts[0][:, None, None] * counts[1][None, :, None] * counts[2][None, None, :]
+    elif weight_sum is not None:
+        weight_sum = weight_sum[crop]
+    result = {}
+    for key, value in buffers.items():
+        value = value[(slice(None), *crop)]
+        if key == "logits" and margin_only:
+            result[key] = value  # only its sign is used
+            continue
+        value /= weight_sum  # in place: the buffers are not needed afterwards
+        result[key] = np.ascontiguousarray(value)
+    labels = None
+    logits = result.pop("logits", None)
+    if logits is not None:
+        values = np.asarray(model.config.final_label_values, dtype=np.uint8)
+        labels = values[(logits[0] > 0).astype(np.intp)] if margin_only else values[np.argmax(logits, axis=0)]
+        if not keep_logits:
+            logits = None
     classification = None
     if cls_values:
         cls = torch.cat(cls_values)
@@ -182,11 +363,15 @@ def sliding_window_predict(
         else:
             classification = cls.softmax(dim=1).mean(dim=0).numpy()
     return SlidingWindowResult(
-        logits=result.get("logits"),
+        logits=logits,
         branches={k.split("/", 1)[1]: v for k, v in result.items() if k.startswith("branch/")},
         bottleneck_decoder=result.get("bottleneck_decoder"),
         classification=classification,
         num_windows=len(starts),
+        labels=labels,
+        precision=precision,
+        workers=workers,
+        window_batch=window_batch,
     )
 
 
