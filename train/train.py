@@ -384,7 +384,11 @@ def train(args: TrainingArguments) -> int:
         accelerator.init_trackers("mirror-unet", config={k: str(v) for k, v in dataclasses.asdict(args).items()})
 
     settings = SlidingWindowSettings(overlap=args.overlap, precision="bf16" if args.mixed_precision == "bf16" else "fp32", device=str(next(accelerator.unwrap_model(model).parameters()).device))
-    run_info = {**dataclasses.asdict(args), "data_dir": str(data_dir), "phantoms": args.data_dir is None,
+    from mirror_unet_hf.data.builder import find_dataset_root
+    from mirror_unet_hf.data.phantoms import is_phantom_dataset
+
+    phantoms = args.data_dir is None or is_phantom_dataset(find_dataset_root(args.dataset, data_dir))
+    run_info = {**dataclasses.asdict(args), "data_dir": str(data_dir), "phantoms": phantoms,
                 "num_processes": accelerator.num_processes, "global_batch_size": global_batch,
                 "train_studies": len(dataset["train"]), "validation_studies": len(dataset["validation"])}
 
@@ -398,7 +402,7 @@ def train(args: TrainingArguments) -> int:
         write_json_atomic(staging / "training_args.json", run_info)
         if metrics is not None:
             write_json_atomic(staging / "metrics.json", {
-                "task": args.dataset, "dataset": f"{args.dataset}-phantoms" if args.data_dir is None else args.dataset,
+                "task": args.dataset, "dataset": f"{args.dataset}-phantoms" if phantoms else args.dataset,
                 "split": f"validation (fold {args.fold} of {args.num_folds})", "num_studies": int(metrics.get("num_studies", 0)),
                 "step": state["step"], "metrics": {k: v for k, v in metrics.items() if k != "num_studies"},
             })

@@ -62,6 +62,14 @@ MIN_SIZE = 16
 _DIAGNOSIS_BLOCK = ("negative", "lymphoma", "negative", "melanoma", "negative", "lung_cancer")
 
 
+PHANTOM_MARKER = "PHANTOMS.txt"
+
+
+def is_phantom_dataset(root: str | os.PathLike) -> bool:
+    """Whether a dataset folder (FDG-PET-CT-Lesions / Task01_BrainTumour) was written by `make_phantoms`."""
+    return (Path(root) / PHANTOM_MARKER).is_file()
+
+
 def make_phantoms(
     layout: str,
     out_dir: str | os.PathLike,
@@ -100,6 +108,9 @@ def make_phantoms(
             atomic_write_bytes(out_dir / AUTOPET_METADATA_CSV, _metadata_csv(rows))
         else:
             _write_brain_tumour(staging / folder, int(n), int(seed), shape)
+        atomic_write_bytes(staging / folder / PHANTOM_MARKER, (
+            f"Synthetic phantoms written by mirror_unet_hf.data.make_phantoms(layout={layout!r}, seed={seed}, "
+            f"shape={shape}); not patient data.\n").encode())
         os.replace(staging / folder, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
