@@ -47,7 +47,7 @@ def arguments(phantom_dir: Path, cache: Path, output: Path) -> list[str]:
         "--preset", "autopet-v2", "--model_overrides", json.dumps({"channels": [4, 8, 16, 32, 64], "norm": "instance"}),
         "--patch_size", "32", "32", "32", "--data_dir", str(phantom_dir), "--cache_dir", str(cache),
         "--eval_steps", "100", "--num_workers", "0", "--report_to", "none", "--lr_decay_every", "100",
-        "--max_steps", "8", "--checkpointing_steps", "2", "--checkpoints_total_limit", "2",
+        "--max_steps", "24", "--checkpointing_steps", "4", "--checkpoints_total_limit", "2",
         "--per_device_train_batch_size", "2", "--output_dir", str(output), "--resume_from_checkpoint", "latest",
     ]
 
@@ -98,7 +98,7 @@ def wait_and_kill(process: subprocess.Popen, output: Path, mode: str, rng: rando
     """Kill ``process`` at a point of kind ``mode``; returns where it actually was."""
     known = set(checkpoints(output))
     if mode == "start-up":
-        time.sleep(rng.uniform(0.5, 6.0))
+        time.sleep(rng.uniform(0.5, 3.0))
     while process.poll() is None and time.time() < deadline and mode != "start-up":
         if mode == "checkpoint write" and staging_folders(output):
             time.sleep(rng.uniform(0.0, 0.03))

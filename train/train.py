@@ -444,10 +444,13 @@ def train(args: TrainingArguments) -> int:
     started, window_loss, window_steps = time.perf_counter(), 0.0, 0
     last_metrics = {k: v for k, v in state["history"][-1].items() if k != "step"} if state["history"] else None
     while state["step"] < args.max_steps:
-        train_set.set_epoch(state["epoch"])
         batches = loader
         if state["batches_in_epoch"]:
             batches = accelerator.skip_first_batches(loader, state["batches_in_epoch"])
+        # Accelerate's loaders call dataset.set_epoch(<times this loader object was iterated>) when iterated:
+        # set that counter, or a resumed run (a fresh loader) would replay epoch 0's patches.
+        batches.set_epoch(state["epoch"])
+        train_set.set_epoch(state["epoch"])
         for batch in batches:
             state["batches_in_epoch"] += 1
             with accelerator.accumulate(model):

@@ -29,11 +29,15 @@ def add_arguments(parser) -> None:
     output.add_argument("--save-branches", metavar="DIR", help="also write each branch / bottleneck-decoder output as NIfTI here")
     output.add_argument("--overwrite", action="store_true", help="replace existing outputs (refused by default)")
     run = parser.add_argument_group("how to run")
-    run.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="fp32 (exact) or bf16 autocast")
+    run.add_argument(
+        "--precision", choices=["auto", "fp32", "bf16"], default="auto",
+        help="auto (default): bf16 with BatchNorm folded where the CPU/GPU computes bf16 natively, else fp32; fp32 is exact",
+    )
     run.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     run.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap fraction")
     run.add_argument("--window", type=int, nargs=3, metavar=("X", "Y", "Z"), help="window size in voxels (default: the model's patch size)")
-    run.add_argument("--window-batch", type=int, default=1, help="windows per forward pass")
+    run.add_argument("--window-batch", type=int, default=None, help="windows per forward pass (default: 2 for fp32 on a CPU, else 1)")
+    run.add_argument("--workers", type=int, default=None, help="CPU: windows run in parallel, one thread each (default: one per core, at most 4)")
     run.add_argument("--blend", choices=["constant", "gaussian"], default="constant", help="blending of overlapping windows")
     run.add_argument("--skip-bad", action="store_true", help="with --input-dir: continue past studies that fail and list them at the end")
 
@@ -151,7 +155,7 @@ def run(args) -> int:
     if single:
         _check_branches_free(branches, [out.name.split(".nii")[0]], args.overwrite)
     settings = SlidingWindowSettings(
-        window=tuple(args.window) if args.window else None, overlap=args.overlap, window_batch=args.window_batch,
+        window=tuple(args.window) if args.window else None, overlap=args.overlap, window_batch=args.window_batch, workers=args.workers,
         blend=args.blend, precision=args.precision, device=args.device,
     )
     settings.check()
