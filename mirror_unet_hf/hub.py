@@ -705,13 +705,18 @@ def build_dataset_card(
 ) -> DatasetCard:
     """The dataset card (README.md) of a data folder, from ``hub_cards/dataset_card.md.j2``.
 
-    `phantoms` defaults to whether the folder's name mentions "phantom". For AutoPET and MSD layouts
+    `phantoms` defaults to whether `make_phantoms` wrote the folder (its PHANTOMS.txt marker) or the
+    folder's name mentions "phantom". For AutoPET and MSD layouts
     the card shows `datasets.load_dataset` reading one row per study (see `push_dataset`).
     """
     folder = Path(folder)
     files = _dataset_files(folder)
     layout = _describe_layout(files)
-    phantoms = "phantom" in folder.resolve().name.lower() if phantoms is None else phantoms
+    if phantoms is None:  # make_phantoms leaves a marker in the dataset folder; else trust the folder's name
+        from .data.phantoms import PHANTOM_MARKER
+
+        marked = (folder / PHANTOM_MARKER).is_file() or any(folder.glob(f"*/{PHANTOM_MARKER}"))
+        phantoms = marked or "phantom" in folder.resolve().name.lower()
     tags = ["medical-imaging", "3d", "nifti", "segmentation", "mirror-unet"]
     if layout["kind"] == "autopet":
         tags.append("pet-ct")
