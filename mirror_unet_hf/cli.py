@@ -11,7 +11,7 @@ import errno
 import importlib
 import sys
 
-from .errors import CONFIG_ERRORS, UserInputError, one_line
+from .errors import CONFIG_ERRORS, OneLineArgumentParser, UserInputError, one_line
 
 # File-system refusals the user fixes (name too long, no permission, disk full or read-only, a file where a
 # folder is expected): reported like a UserInputError, naming the path.
@@ -30,7 +30,7 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="mirror-unet",
         description="Mirror U-Net on the Hugging Face stack: presets, data, inference, evaluation, Hub, demo.",
     )

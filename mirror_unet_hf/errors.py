@@ -4,7 +4,13 @@ Entry points catch ``UserInputError`` (and the config's validation errors, ``CON
 the message on one line with exit code 2; any other exception is an internal error and keeps its traceback.
 """
 
-from huggingface_hub.errors import StrictDataclassClassValidationError, StrictDataclassFieldValidationError
+import argparse
+import sys
+
+from huggingface_hub.errors import (
+    StrictDataclassClassValidationError,
+    StrictDataclassFieldValidationError,
+)
 
 
 class UserInputError(ValueError):
@@ -21,3 +27,14 @@ def one_line(error: BaseException) -> str:
     if not lines:
         return type(error).__name__
     return lines[-1] if isinstance(error, CONFIG_ERRORS) else lines[0]
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line (``prog: error: ... (see prog --help)``), exit 2.
+
+    Sub-parsers made with ``add_subparsers().add_parser`` inherit the class, so every sub-command does the same.
+    """
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)

@@ -209,6 +209,33 @@ def test_every_shipped_config_parses_and_builds_its_model_config():
         assert config.preset == args.preset
 
 
+def test_sweep_goes_on_past_failed_cells_lists_them_and_exits_non_zero(tmp_path):
+    config = tmp_path / "base.yaml"
+    config.write_text("max_steps: 1\nreport_to: none\n")
+    out = tmp_path / "sweep"
+    # negative loss weights are refused by train.py (exit 2) before any data is touched: every cell fails fast
+    command = [sys.executable, str(ROOT / "train" / "sweep.py"), "--config", str(config), "--output_dir", str(out),
+               "--values", "-1", "-2"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr[-2000:]
+    summary = result.stderr.strip().splitlines()[-1]
+    assert summary.startswith("sweep.py: 4 of 4 cells failed")
+    for cell in ("rec_-1e+00_cls_-1e+00", "rec_-1e+00_cls_-2e+00", "rec_-2e+00_cls_-1e+00", "rec_-2e+00_cls_-2e+00"):
+        assert f"{cell} (exit code 2)" in summary
+    rows = (out / "sweep.csv").read_text().strip().splitlines()
+    assert len(rows) == 5 and all(row.split(",")[2] == "" for row in rows[1:])  # no metric for a failed cell
+    assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sweep_usage_errors_are_one_line(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "train" / "sweep.py"), "--grid", "huge"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()  # the choices' quoting differs between Python versions
+    assert line.startswith("sweep.py: error: argument --grid: invalid choice: 'huge'") and "reduced" in line
+    assert line.endswith("(see sweep.py --help)")
+
+
 @pytest.mark.slow
 def test_sweep_runs_resumes_and_draws_the_heatmap(phantom_dir, tmp_path):
     config = tmp_path / "base.yaml"

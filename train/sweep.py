@@ -21,6 +21,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from mirror_unet_hf.errors import OneLineArgumentParser
+
 GRIDS = {
     "full": [1e-1, 1e-2, 1e-3, 1e-4, 1e-5],
     "reduced": [1e-1, 1e-3, 1e-5],
@@ -29,7 +33,7 @@ TRAIN = Path(__file__).resolve().parent / "train.py"
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(prog="sweep.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="base training YAML (any train.py settings)")
     parser.add_argument("--output_dir", required=True, help="one sub-folder per cell, plus sweep.csv and sweep.png")
     parser.add_argument("--grid", choices=sorted(GRIDS), default="full", help="full: 5×5 values as the supplement; reduced: 3×3")
@@ -47,21 +51,19 @@ def cell_name(rec: float, cls: float) -> str:
     return f"rec_{rec:.0e}_cls_{cls:.0e}"
 
 
-def run_cell(args, rec: float, cls: float) -> Path:
+def run_cell(args, rec: float, cls: float) -> tuple[Path, int]:
+    """Run (or resume, or skip) one cell; returns its folder and the training run's exit code."""
     folder = Path(args.output_dir) / cell_name(rec, cls)
     if (folder / "final" / "metrics.json").is_file():
         print(f"[sweep] {folder.name}: done, skipped")
-        return folder
+        return folder, 0
     launcher = shlex.split(args.launcher) if args.launcher else [sys.executable]
     command = [*launcher, str(TRAIN), "--config", args.config, "--lambda_rec", str(rec), "--lambda_cls", str(cls),
                "--output_dir", str(folder), *args.train_args]
     if folder.exists():
         command += ["--resume_from_checkpoint", "latest"]
     print(f"[sweep] {folder.name}: {' '.join(shlex.quote(c) for c in command)}", flush=True)
-    result = subprocess.run(command)
-    if result.returncode != 0:
-        raise SystemExit(f"sweep: cell {folder.name} failed with exit code {result.returncode}; rerun to resume it")
-    return folder
+    return folder, subprocess.run(command, check=False).returncode
 
 
 def read_metric(folder: Path, metric: str) -> float | None:
@@ -122,15 +124,21 @@ def main(argv=None) -> int:
     values = args.values or GRIDS[args.grid]
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    table, rows = {}, []
+    table, rows, failed = {}, [], []
     for rec in values:
         for cls in values:
-            folder = run_cell(args, rec, cls)
-            table[(rec, cls)] = read_metric(folder, args.metric)
+            folder, code = run_cell(args, rec, cls)
+            if code != 0:  # keep going: one broken cell must not cost the rest of an overnight grid
+                failed.append(f"{folder.name} (exit code {code})")
+            table[(rec, cls)] = read_metric(folder, args.metric) if code == 0 else None
             rows.append({"lambda_rec": rec, "lambda_cls": cls, args.metric: table[(rec, cls)], "run": folder.name})
     write_csv(rows, output / "sweep.csv")
     plot_heatmap(values, table, args.metric, output / "sweep.png")
     print(f"[sweep] wrote {output / 'sweep.csv'} and {output / 'sweep.png'}")
+    if failed:
+        print(f"sweep.py: {len(failed)} of {len(rows)} cells failed (rerun the same command to resume them): "
+              + ", ".join(failed), file=sys.stderr)
+        return 1
     return 0
 
 
