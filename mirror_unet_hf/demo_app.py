@@ -5,16 +5,26 @@ lesion table, and download the mask and the table.
 ``build_demo(model, examples_dir)`` returns the ``gr.Blocks``; ``launch_demo(demo, ...)`` launches it with
 the theme, style and upload limit. Each browser session keeps its study in a ``gr.State``; only the
 model (read-only) is shared. What a pixel shows is decided in `mirror_unet_hf.viewer`.
+
+Files: each app has one temporary folder (``mirror-unet-demo-*`` under the system temp folder) with one
+subfolder per session (its mask and lesion table). A session's subfolder goes when Gradio forgets the
+session (time to live, closed tab) or drops it for a newer one (`MAX_SESSIONS`); the app's folder goes
+when the process exits, also when a blocking `launch_demo` is stopped with SIGTERM. Gradio's own cache of
+uploads, images and downloads is swept of files older than `SESSION_TTL_S` and emptied when the server stops.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import html
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +43,9 @@ MAX_UPLOAD_MB = 512  # per file, checked by the server before a byte is processe
 LISTED_LESIONS = 200  # rows in the table and entries in "Go to lesion": the largest lesions
 SESSION_TTL_S = 3600  # a session's study is dropped after this long without use
 MAX_SESSIONS = 32  # studies kept in memory at once (the oldest session's is dropped first)
+QUEUE_SIZE = 32  # requests waiting at once, all sessions together; more are refused ("Queue is full")
+APP_DIR_PREFIX = "mirror-unet-demo-"  # the app's temporary folder, one per build_demo
+CACHE_SWEEP_S = 600  # how often Gradio deletes its cached files (uploads, images, downloads) older than SESSION_TTL_S
 LABEL_FILES = (AUTOPET_LABEL_FILE, "label.nii.gz", "seg.nii.gz", "label.nii", "seg.nii")
 NIFTI_TYPES = [".nii", ".nii.gz"]
 MODEL_ENV = "MIRROR_UNET_MODEL"
@@ -119,7 +132,8 @@ def _model_markdown(model, model_path: str) -> str:
 
 @dataclass
 class Session:
-    """One browser session's study and results; files go to its own temporary folder."""
+    """One browser session's study and results; files go to its own temporary folder, which is removed
+    by `close` or, at the latest, when the session is garbage-collected."""
 
     workdir: Path
     study: viewer.ViewerStudy | None = None
@@ -127,15 +141,25 @@ class Session:
     classification: dict | None = None
     seconds: float | None = None
 
+    def __post_init__(self) -> None:
+        # Gradio calls the State's delete callback when a session's time to live runs out (also an hour
+        # after its tab closed), but not when it drops the least recently used session beyond
+        # `state_session_capacity`: then only garbage collection tells, so the folder goes with the object.
+        self._remove_folder = weakref.finalize(self, shutil.rmtree, self.workdir, True)
 
-def _new_session() -> Session:
-    return Session(Path(tempfile.mkdtemp(prefix="mirror-unet-demo-")))
+    def close(self) -> None:
+        """Remove the session's files (idempotent)."""
+        self._remove_folder()
+
+
+def _new_session(root: Path) -> Session:
+    return Session(Path(tempfile.mkdtemp(prefix="session-", dir=root)))
 
 
 def _forget(session: Session | None) -> None:
     """State deletion callback: remove the session's files."""
     if isinstance(session, Session):
-        shutil.rmtree(session.workdir, ignore_errors=True)
+        session.close()
 
 
 def _user_errors(fn):
@@ -166,12 +190,15 @@ def build_demo(
     *,
     max_upload_mb: float = MAX_UPLOAD_MB,
     settings: SlidingWindowSettings | None = None,
+    queue_size: int = QUEUE_SIZE,
 ) -> gr.Blocks:
     """The demo for one model (a save_pretrained folder or a Hub id) and its example studies.
 
     `examples_dir` holds one folder per example study (``CTres.nii.gz``/``SUV.nii.gz`` or
     ``<modality>.nii.gz``, optional ``SEG.nii.gz``/``label.nii.gz``). `max_upload_mb` limits each uploaded
     file (`launch_demo` also makes the server refuse bigger uploads). `settings`: sliding-window settings.
+    `queue_size`: requests that may wait at once (all sessions together); the server refuses more.
+    The app's temporary folder is ``demo.sessions_root``.
     """
     model_path = str(model_path)
     model = load_model(model_path)
@@ -183,12 +210,15 @@ def build_demo(
     examples = find_examples(examples_dir, modalities)
     limit_bytes = int(max_upload_mb * 1024 * 1024)
     head = config.classification_head
+    sessions_root = Path(tempfile.mkdtemp(prefix=APP_DIR_PREFIX))
 
     def display_of(image, overlay, window, suv_max, opacity, crosshair) -> viewer.Display:
         return viewer.Display(image=image, overlay=overlay, ct_window=window or viewer.DEFAULT_CT_WINDOW,
                               suv_max=float(suv_max), opacity=float(opacity), crosshair=bool(crosshair))
 
-    with gr.Blocks(title="Mirror U-Net demo", analytics_enabled=False) as demo:
+    # Gradio keeps a copy of every upload, rendered image and download in its cache (GRADIO_TEMP_DIR) and by
+    # default never deletes them: sweep what is older than a session may live, and all of it when the server stops
+    with gr.Blocks(title="Mirror U-Net demo", analytics_enabled=False, delete_cache=(CACHE_SWEEP_S, SESSION_TTL_S)) as demo:
         state = gr.State(None, time_to_live=SESSION_TTL_S, delete_callback=_forget)
         gr.Markdown(
             "## Mirror U-Net — " + ("PET/CT lesion segmentation" if pet_model else "brain tumour segmentation (MRI)")
@@ -324,7 +354,7 @@ def build_demo(
                       timing, classification, download_mask, download_table]
 
         def open_study(session: Session | None, study: viewer.ViewerStudy) -> dict:
-            session = session if isinstance(session, Session) else _new_session()
+            session = session if isinstance(session, Session) else _new_session(sessions_root)
             for stale in ("mask.nii.gz", "lesions.csv"):
                 (session.workdir / stale).unlink(missing_ok=True)
             session.study, session.table, session.classification, session.seconds = study, None, None, None
@@ -379,6 +409,7 @@ def build_demo(
             viewer.add_prediction(study, prediction, config)
             session.table = viewer.measure_lesions(study, prediction.mask)
             session.classification = prediction.classification
+            session.workdir.mkdir(parents=True, exist_ok=True)  # in case the session expired while this ran
             save_nifti(prediction.mask, session.workdir / "mask.nii.gz")  # atomic: temporary name, then rename
             write_lesion_table(session.table, session.workdir / "lesions.csv", overwrite=True)
             session.seconds = time.perf_counter() - start
@@ -430,14 +461,20 @@ def build_demo(
         go_to.input(go_to_lesion, [state, go_to, *controls], moved, api_name="go_to_lesion", show_progress="hidden")
         table.select(select_row, [state, *controls], moved, api_visibility="private", show_progress="hidden")
 
-    demo.queue(default_concurrency_limit=4, max_size=32)
+    demo.queue(default_concurrency_limit=4, max_size=queue_size)
     demo.upload_limit_mb = max_upload_mb
+    demo.sessions_root = sessions_root
+    # the sessions' folders go with the app: when it is garbage-collected, at the latest when the process exits
+    weakref.finalize(demo, shutil.rmtree, sessions_root, True)
     return demo
 
 
 def launch_demo(demo: gr.Blocks, **launch_kwargs):
     """`demo.launch` with the demo's style, its upload limit (the server refuses bigger files) and at most
-    `MAX_SESSIONS` sessions' studies in memory; `launch_kwargs` go to `gr.Blocks.launch` and win."""
+    `MAX_SESSIONS` sessions' studies in memory; `launch_kwargs` go to `gr.Blocks.launch` and win.
+
+    A blocking launch (no ``prevent_thread_lock``) in the main thread stops on SIGTERM as on Ctrl+C, so
+    the process exits normally and removes the app's temporary folder."""
     options = {
         "theme": gr.themes.Soft(primary_hue="sky", neutral_hue="slate"),
         "css": CSS,
@@ -445,7 +482,31 @@ def launch_demo(demo: gr.Blocks, **launch_kwargs):
         "state_session_capacity": MAX_SESSIONS,
         "show_error": True,
     }
-    return demo.launch(**{**options, **launch_kwargs})
+    options.update(launch_kwargs)
+    with _sigterm_interrupts(not options.get("prevent_thread_lock")):
+        return demo.launch(**options)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts(blocking: bool):
+    """While a blocking launch serves, SIGTERM (docker stop, a Space restart, `Popen.terminate`) raises
+    KeyboardInterrupt in the main thread: Gradio then closes the server and the process exits through its
+    exit handlers. Python's default SIGTERM action ends the process without them, leaving the temporary
+    folders behind. Only when SIGTERM still has the default action, and restored afterwards."""
+    install = (blocking and threading.current_thread() is threading.main_thread()
+               and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
+    if not install:
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # -------------------------------------------------------------------------------------------- helpers
@@ -486,4 +547,4 @@ def _legend_html(entries) -> str:
     return "<div>" + "".join(parts) + "</div>"
 
 
-__all__ = ["MAX_UPLOAD_MB", "build_demo", "find_examples", "launch_demo", "resolve_model"]
+__all__ = ["MAX_UPLOAD_MB", "QUEUE_SIZE", "build_demo", "find_examples", "launch_demo", "resolve_model"]

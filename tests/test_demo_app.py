@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -71,6 +72,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _private_temp_dir(tmp_path_factory):
+    """gradio_client 2 leaves an empty ``<gettempdir()>/<40 hex>`` folder behind for every file it downloads,
+    whatever ``download_files`` says: point this module's temporary files at a folder pytest cleans up."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setattr(tempfile, "tempdir", str(tmp_path_factory.mktemp("tmp")))
+        yield
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """A small autopet-v3 checkpoint and two phantom studies with lesions as the app's examples."""
@@ -106,7 +116,7 @@ def app(files, tmp_path_factory):
 def client(app):
     from gradio_client import Client
 
-    return Client(app.url, verbose=False)
+    return Client(app.url, verbose=False, download_files=tempfile.mkdtemp(prefix="client-"))
 
 
 class Outputs(SimpleNamespace):
