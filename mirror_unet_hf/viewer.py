@@ -38,7 +38,7 @@ from .data.nifti_io import (
     require_label_values,
     same_grid,
 )
-from .data.preprocessing import _resample_onto
+from .data.preprocessing import resample_onto
 from .errors import UserInputError
 from .lesions import Lesion, LesionTable, lesion_table
 
@@ -227,7 +227,7 @@ def load_study(
                     f"file {names.get(name, name)!r} ({modality_title(name)}) does not overlap the "
                     f"{modality_title(reference)} image in space; the two files must come from the same study"
                 )
-            data = _resample_onto(data, own_grid, grid, order=1, cval=float(data.min()))
+            data = resample_onto(data, own_grid, grid, order=1, cval=float(data.min()))
         study.images[name] = _image_layer(name, study.to_display(data))
     if label is not None:
         described = names.get("label", "ground truth")

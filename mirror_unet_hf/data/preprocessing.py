@@ -196,7 +196,7 @@ def preprocess_study(
                     f"{where(case_id, _describe(images[name], name))}: grid does not overlap the {reference!r} grid "
                     "in world space; check the affines"
                 )
-            data = _resample_onto(data, grid, reference_grid, order=1, cval=float(data.min()))
+            data = resample_onto(data, grid, reference_grid, order=1, cval=float(data.min()))
         channels.append(data)
         volumes[name] = None  # free the original as soon as it is on the reference grid
     stacked = np.stack(channels)
@@ -335,7 +335,7 @@ def _load_volume(source: NiftiSource, case_id: str | None, name: str) -> tuple[G
     return grid_of(image), data
 
 
-def _resample_onto(data: np.ndarray, source: Grid, target: Grid, order: int, cval: float) -> np.ndarray:
+def resample_onto(data: np.ndarray, source: Grid, target: Grid, order: int, cval: float) -> np.ndarray:
     """Sample ``data`` (on ``source``) at the voxel centres of ``target`` through the world coordinates."""
     voxel_map = np.linalg.inv(source.affine) @ target.affine
     return ndimage.affine_transform(
