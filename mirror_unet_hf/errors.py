@@ -26,7 +26,11 @@ def one_line(error: BaseException) -> str:
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     if not lines:
         return type(error).__name__
-    return lines[-1] if isinstance(error, CONFIG_ERRORS) else lines[0]
+    if isinstance(error, CONFIG_ERRORS):  # "...validator 'validate_config':\n    ValueError: <what is wrong>"
+        last = lines[-1]
+        kind, _, message = last.partition(": ")
+        return message if message and kind.isidentifier() and kind.endswith(("Error", "Exception")) else last
+    return lines[0]
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):

@@ -103,3 +103,11 @@ def test_union_of_overlapping_label_groups_is_refused():
             {"name": "flair", "task": "segmentation", "classes": [[1, 2]]},
             {"name": "t1gd", "task": "segmentation", "classes": [[2, 3]]},
         ])
+
+
+def test_a_config_error_reads_as_one_line_without_the_validator_wrapping():
+    from mirror_unet_hf.errors import CONFIG_ERRORS, one_line
+
+    with pytest.raises(CONFIG_ERRORS) as caught:
+        MirrorUNetConfig.from_preset("autopet-v3", lambda_rec=-1)
+    assert one_line(caught.value) == "`lambda_rec` is -1; loss weights must be >= 0"
