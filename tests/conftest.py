@@ -35,3 +35,17 @@ def brain_phantoms(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("brain_phantoms")
     make_phantoms("brain_tumour", out, n=3, seed=7, shape=(32, 40, 32))
     return out
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> Path:
+    """A tiny `autopet-v3` checkpoint (channels 4..64, 32³ patches, seed 0) saved with save_pretrained; read-only."""
+    import torch
+
+    from mirror_unet_hf import MirrorUNetConfig, MirrorUNetModel
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("model") / "tiny"
+    config = MirrorUNetConfig.from_preset("autopet-v3", channels=[4, 8, 16, 32, 64], patch_size=[32, 32, 32])
+    MirrorUNetModel(config).save_pretrained(folder)
+    return folder

@@ -14,7 +14,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 from conftest_fuzz import (  # noqa: F401 - fuzz_report reports the counts at the end of the session
     AFFINE,
     FUZZ,
@@ -31,21 +30,11 @@ from conftest_fuzz import (  # noqa: F401 - fuzz_report reports the counts at th
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mirror_unet_hf import MirrorUNetConfig, MirrorUNetModel
 from mirror_unet_hf.cli import main
 
 BAD_INPUTS = {**UNREADABLE, **UNUSABLE}
 PROGRESS_BAR = re.compile(r"\|.*\[\d\d:\d\d")  # tqdm: "studies:   3%|▎    | 1/35 [00:00<00:00, ...]"
 NAME_MAX = os.pathconf("/", "PC_NAME_MAX")
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("model") / "tiny"
-    config = MirrorUNetConfig.from_preset("autopet-v3", channels=[4, 8, 16, 32, 64], patch_size=[32, 32, 32])
-    MirrorUNetModel(config).save_pretrained(folder)
-    return folder
 
 
 def write_study(folder: Path, seed: int, ct: bytes | None = None, pet: bytes | None = None) -> Path:

@@ -12,7 +12,7 @@ import torch
 from conftest_fuzz import fuzz_report, tried  # noqa: F401 - fuzz_report reports the counts at the end of the session
 from transformers import AutoModel
 
-from mirror_unet_hf import MirrorUNetConfig, MirrorUNetModel
+from mirror_unet_hf import MirrorUNetModel
 from mirror_unet_hf.cli import main
 from mirror_unet_hf.inference import load_model
 
@@ -32,16 +32,9 @@ class Payload:
 def test_the_payload_really_runs_when_unpickled(tmp_path):
     """The proof used below works: torch.load without weights_only runs it."""
     torch.save(Payload(tmp_path / "ran"), tmp_path / "evil.bin")
+    # the one deliberate unsafe load: of a file this test wrote itself, to show the trap below is real
     torch.load(tmp_path / "evil.bin", weights_only=False)
     assert (tmp_path / "ran").exists()
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("model") / "tiny"
-    MirrorUNetModel(MirrorUNetConfig.from_preset("autopet-v3", channels=[4, 8, 16, 32, 64], patch_size=[32, 32, 32])).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture()

@@ -27,14 +27,6 @@ SHAPE = (12, 10, 8)
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("model") / "tiny"
-    MirrorUNetModel(MirrorUNetConfig.from_preset("autopet-v3", channels=[4, 8, 16, 32, 64], patch_size=[32, 32, 32])).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def study(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("study") / "PETCT_a" / "study 1"
     folder.mkdir(parents=True)
