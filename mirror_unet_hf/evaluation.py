@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .data.nifti_io import atomic_write_bytes, load_nifti, read_array, require_3d
+from .data.nifti_io import load_nifti, read_array, require_3d
 from .errors import UserInputError
+from .files import NIFTI_SUFFIXES, atomic_write_text, json_text, nifti_stem
 from .metrics import autopet_metrics, brats_metrics
 
 TASKS = ("autopet", "brain_tumour")
@@ -40,20 +41,12 @@ METRIC_COLUMNS: dict[str, tuple[str, ...]] = {
 # Largest allowed difference between prediction and ground-truth affines (mm): float32 headers round
 # world positions of ~1 m to ~1e-4 mm, while a real grid mismatch moves them by a fraction of a voxel.
 AFFINE_TOLERANCE_MM = 1e-3
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 STATUS_OK = "ok"
 STATUS_MISSING = "missing prediction"
 STATUS_ERROR = "error"
 # Values a mask may hold: AutoPET background/lesion; MSD BrainTumour background, edema, non-enhancing, enhancing.
 MASK_VALUES = {"autopet": "0 background, 1 lesion", "brain_tumour": "0 background, 1 edema, 2 non-enhancing tumour, 3 enhancing tumour"}
 MAX_MASK_VALUE = {"autopet": 1, "brain_tumour": 3}
-
-
-def _case_id(path: Path) -> str | None:
-    for suffix in NIFTI_SUFFIXES:
-        if path.name.endswith(suffix) and len(path.name) > len(suffix):
-            return path.name[: -len(suffix)]
-    return None
 
 
 def _flat_niftis(folder: Path) -> dict[str, Path]:
@@ -64,7 +57,7 @@ def _flat_niftis(folder: Path) -> dict[str, Path]:
     except OSError as error:
         raise UserInputError(f"{folder}: cannot list the folder ({error.strerror})") from None
     for path in entries:
-        case_id = _case_id(path)
+        case_id = nifti_stem(path.name)
         if case_id is None or path.name.startswith(".") or not path.is_file():
             continue
         if case_id in found:
@@ -306,7 +299,7 @@ def check_outputs_free(paths: Iterable[Path], overwrite: bool) -> None:
 def _write_atomic(text: str, path: Path, overwrite: bool) -> None:
     """Write to a temporary file in the target folder, then rename it into place."""
     check_outputs_free([path], overwrite)
-    atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_text(path, text)
 
 
 def _csv_text(rows: Iterable[dict], columns: Sequence[str]) -> str:
@@ -317,10 +310,6 @@ def _csv_text(rows: Iterable[dict], columns: Sequence[str]) -> str:
     return buffer.getvalue()
 
 
-def _json_text(payload: object) -> str:
-    return json.dumps(payload, indent=2, allow_nan=False) + "\n"
-
-
 def write_csv(rows: Iterable[dict], columns: Sequence[str], path: str | Path, overwrite: bool = False) -> None:
     """Write rows as CSV (None → empty cell, floats at full precision), atomically."""
     _write_atomic(_csv_text(rows, columns), Path(path), overwrite)
@@ -328,7 +317,7 @@ def write_csv(rows: Iterable[dict], columns: Sequence[str], path: str | Path, ov
 
 def write_json(payload: object, path: str | Path, overwrite: bool = False) -> None:
     """Write strict JSON (no NaN/inf), atomically."""
-    _write_atomic(_json_text(payload), Path(path), overwrite)
+    _write_atomic(json_text(payload), Path(path), overwrite)
 
 
 def write_report(
@@ -350,6 +339,6 @@ def write_report(
             "failures": [{"case_id": case_id, "message": message} for case_id, message in report.failures],
             "unmatched_predictions": report.unmatched_predictions,
         }
-        texts.append(_json_text(payload))
+        texts.append(json_text(payload))
     for path, text in zip(paths, texts):
         _write_atomic(text, path, overwrite)

@@ -56,6 +56,7 @@ from safetensors import SafetensorError, safe_open
 
 from .configuration_mirror_unet import AUTOPET_MODALITIES, BRATS_MODALITIES, PRESETS, MirrorUNetConfig
 from .errors import UserInputError
+from .files import NIFTI_SUFFIXES, is_pickle_file
 from .modeling_mirror_unet import MirrorUNetModel
 
 CARD_TEMPLATES = Path(__file__).parent / "hub_cards"
@@ -68,8 +69,6 @@ CODE_FILES = ("configuration_mirror_unet.py", "modeling_mirror_unet.py")
 METRICS_FILE = "metrics.json"
 TRAINING_ARGS_FILE = "training_args.json"
 CARD_FILE = "README.md"
-# Weight formats that unpickle (and so can run arbitrary code) when loaded.
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 DEFAULT_TIMEOUT = 60.0  # seconds without progress on one HTTP request before a push gives up
 METRIC_TASKS = ("autopet", "brain_tumour")
@@ -164,7 +163,7 @@ def check_checkpoint_folder(model_dir: str | Path) -> Path:
     folder = Path(model_dir)
     if not folder.is_dir():
         raise UserInputError(f"--model {folder} is not a folder; expected a checkpoint saved with save_pretrained")
-    pickled = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(PICKLE_SUFFIXES))
+    pickled = sorted(p.name for p in folder.iterdir() if p.is_file() and is_pickle_file(p.name))
     if pickled:
         raise UserInputError(
             f"{folder} holds pickle-based weights ({', '.join(pickled)}); loading them can run arbitrary code, so "
@@ -615,7 +614,6 @@ def push_checkpoint(
 # Data set repos
 # ---------------------------------------------------------------------------------------------
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 LISTING_LIMIT = 40  # files listed in a dataset card's layout block
 
 

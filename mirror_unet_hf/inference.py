@@ -21,10 +21,8 @@ from .data.constants import AUTOPET_FILES, AUTOPET_LABEL_FILE, BRAIN_TUMOUR_MODA
 from .data.nifti_io import NiftiSource, load_nifti
 from .data.preprocessing import PreprocessedStudy, preprocess_study
 from .errors import UserInputError
+from .files import NIFTI_SUFFIXES, is_pickle_file
 from .sliding_window import SlidingWindowSettings, sliding_window_predict
-
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
-
 
 def load_model(model: str | Path, device: str = "cpu"):
     """Load a Mirror U-Net from a `save_pretrained` folder or a Hub id, safetensors weights only.
@@ -37,7 +35,7 @@ def load_model(model: str | Path, device: str = "cpu"):
     if path.exists():
         if not (path / "config.json").is_file():
             raise UserInputError(f"model folder {path} has no config.json; expected a save_pretrained folder")
-        pickled = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"))
+        pickled = sorted(p.name for p in path.iterdir() if is_pickle_file(p.name))
         if not (path / "model.safetensors").is_file():
             hint = f" (found {', '.join(pickled)}: pickle-based weights are refused because loading them can run code)" if pickled else ""
             raise UserInputError(f"model folder {path} has no model.safetensors{hint}")

@@ -16,10 +16,10 @@ import yaml
 from huggingface_hub import CommitOperationAdd, HfApi, constants
 
 from .errors import UserInputError
+from .files import is_pickle_file
 from .hub import (
     CARD_FILE,
     DEFAULT_TIMEOUT,
-    PICKLE_SUFFIXES,
     REPO_ID,
     _check_repo_id,
     _hub_errors,
@@ -80,7 +80,7 @@ def space_files(demo_dir: str | Path, include_package: bool = True) -> list[tupl
         if not (folder / name).is_file():
             raise UserInputError(f"{folder} lacks {name}; a Gradio Space needs its app file and {REQUIREMENTS_FILE}")
     files = _visible_files(folder)
-    pickled = [p.relative_to(folder).as_posix() for p in files if p.name.lower().endswith(PICKLE_SUFFIXES)]
+    pickled = [p.relative_to(folder).as_posix() for p in files if is_pickle_file(p.name)]
     if pickled:
         raise UserInputError(
             f"{folder} holds pickle-based files ({', '.join(pickled)}); loading them can run arbitrary code, so "

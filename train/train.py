@@ -27,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mirror_unet_hf.errors import CONFIG_ERRORS, UserInputError, one_line  # noqa: E402
+from mirror_unet_hf.files import atomic_write_json, replace_folder  # noqa: E402
 
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)$")
 
@@ -211,18 +212,6 @@ def check_output_dir(args: TrainingArguments, resuming: bool) -> None:
         )
 
 
-def replace_folder(staging: Path, target: Path) -> None:
-    """Move a fully written folder into place; the previous one goes only after the new one is there."""
-    old = target.with_name(f".{target.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(staging, target)
-    if old.exists():
-        shutil.rmtree(old)
-
-
 def clear_previous_run(output: Path) -> None:
     """A new run in a used output_dir (--overwrite_output_dir): remove what the previous run wrote, so its
     checkpoints are neither overwritten in place nor resumed by a later `--resume_from_checkpoint latest`."""
@@ -235,12 +224,6 @@ def clear_previous_run(output: Path) -> None:
             shutil.rmtree(doomed)
         elif path.exists():
             path.unlink()
-
-
-def write_json_atomic(path: Path, payload) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -399,9 +382,9 @@ def train(args: TrainingArguments) -> int:
         if staging.exists():
             shutil.rmtree(staging)
         accelerator.unwrap_model(model).save_pretrained(staging)
-        write_json_atomic(staging / "training_args.json", run_info)
+        atomic_write_json(staging / "training_args.json", run_info)
         if metrics is not None:
-            write_json_atomic(staging / "metrics.json", {
+            atomic_write_json(staging / "metrics.json", {
                 "task": args.dataset, "dataset": f"{args.dataset}-phantoms" if phantoms else args.dataset,
                 "split": f"validation (fold {args.fold} of {args.num_folds})", "num_studies": int(metrics.get("num_studies", 0)),
                 "step": state["step"], "metrics": {k: v for k, v in metrics.items() if k != "num_studies"},
@@ -429,7 +412,7 @@ def train(args: TrainingArguments) -> int:
         accelerator.wait_for_everyone()
         accelerator.save_state(str(staging))
         if accelerator.is_main_process:
-            write_json_atomic(staging / "trainer_state.json", {**state, "scheduler": scheduler.state_dict()})
+            atomic_write_json(staging / "trainer_state.json", {**state, "scheduler": scheduler.state_dict()})
             replace_folder(staging, folder / f"step_{state['step']}")  # a resume from an older checkpoint re-saves
             checkpoints = list_checkpoints(output)
             for old in checkpoints[: max(0, len(checkpoints) - (args.checkpoints_total_limit or len(checkpoints)))]:
@@ -495,7 +478,7 @@ def train(args: TrainingArguments) -> int:
     save_model("final", last_metrics)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        write_json_atomic(output / "trainer_state.json", state)
+        atomic_write_json(output / "trainer_state.json", state)
     accelerator.end_training()
     if args.push_to_hub and accelerator.is_main_process:
         from mirror_unet_hf.hub import push_checkpoint

@@ -19,7 +19,6 @@ import gzip
 import math
 import os
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ import nibabel as nib
 import numpy as np
 
 from ..errors import UserInputError
+from ..files import atomic_write_bytes
 
 NiftiSource = str | os.PathLike | bytes | nib.spatialimages.SpatialImage
 
@@ -292,33 +292,6 @@ def grids_overlap(a: Grid, b: Grid) -> bool:
 def encode_nifti(image: nib.Nifti1Image, compresslevel: int = 1) -> bytes:
     """Gzipped NIfTI bytes; ``mtime=0`` so equal images give byte-identical files."""
     return gzip.compress(image.to_bytes(), compresslevel=compresslevel, mtime=0)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, flush it to disk, then rename: readers never see half a
-    file, and a killed process leaves at most a hidden ``.*.tmp`` that is removed when it can be.
-
-    A file system refusal (no space, permission, name too long, parent is a file) raises ``UserInputError``
-    naming the path.
-    """
-    path = Path(path)
-    temporary = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # a short prefix keeps the temporary name within NAME_MAX for any name that is itself valid
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name[:40]}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o644)  # mkstemp makes 0600; results are meant to be shared
-        os.replace(temporary, path)
-        temporary = None
-    except OSError as error:
-        raise UserInputError(f"cannot write {path}: {error.strerror or _first_line(error)}") from None
-    finally:
-        if temporary is not None:
-            Path(temporary).unlink(missing_ok=True)
 
 
 def save_nifti(image: nib.Nifti1Image, path: Path, compresslevel: int = 6) -> None:
