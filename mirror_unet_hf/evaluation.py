@@ -3,14 +3,14 @@
 Predictions are a flat folder of ``<case_id>.nii.gz`` (what ``mirror-unet predict --out-dir`` writes).
 Ground truth is a flat folder of ``<case_id>.nii.gz``, an AutoPET dataset folder
 (``[FDG-PET-CT-Lesions/]<patient>/<study>/SEG.nii.gz``, case id ``<patient>_<study>``) or an MSD folder
-(``[Task01_BrainTumour/]labelsTr/BRATS_XXX.nii.gz``, case id ``BRATS_XXX``).
+(``[Task01_BrainTumour/]labelsTr/BRATS_XXX.nii.gz``, case id ``BRATS_XXX``): any registered task's layout
+(``TaskSpec.ground_truth`` in ``mirror_unet_hf.tasks``).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import traceback
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -21,35 +21,17 @@ from tqdm import tqdm
 
 from .data.nifti_io import load_nifti, read_array, require_3d
 from .errors import UserInputError
-from .files import NIFTI_SUFFIXES, atomic_write_text, json_text, nifti_stem
-from .metrics import autopet_metrics, brats_metrics
+from .files import atomic_write_text, json_text, nifti_stem
+from .tasks import get_task, list_tasks, task_names
 
-TASKS = ("autopet", "brain_tumour")
-METRIC_COLUMNS: dict[str, tuple[str, ...]] = {
-    "autopet": (
-        "dice",
-        "fpv_ml",
-        "fnv_ml",
-        "gt_volume_ml",
-        "pred_volume_ml",
-        "gt_lesions",
-        "missed_lesions",
-        "false_positive_components",
-    ),
-    "brain_tumour": ("dice_wt", "dice_tc", "dice_et", "hd95_wt", "hd95_tc", "hd95_et"),
-}
 # Largest allowed difference between prediction and ground-truth affines (mm): float32 headers round
 # world positions of ~1 m to ~1e-4 mm, while a real grid mismatch moves them by a fraction of a voxel.
 AFFINE_TOLERANCE_MM = 1e-3
 STATUS_OK = "ok"
 STATUS_MISSING = "missing prediction"
 STATUS_ERROR = "error"
-# Values a mask may hold: AutoPET background/lesion; MSD BrainTumour background, edema, non-enhancing, enhancing.
-MASK_VALUES = {"autopet": "0 background, 1 lesion", "brain_tumour": "0 background, 1 edema, 2 non-enhancing tumour, 3 enhancing tumour"}
-MAX_MASK_VALUE = {"autopet": 1, "brain_tumour": 3}
 
-
-def _flat_niftis(folder: Path) -> dict[str, Path]:
+def flat_niftis(folder: Path) -> dict[str, Path]:
     """``case_id -> path`` for the NIfTI files directly in ``folder`` (hidden files such as MSD's ``._*`` skipped)."""
     found: dict[str, Path] = {}
     try:
@@ -77,26 +59,18 @@ def _existing_dir(folder: str | Path, flag: str) -> Path:
 
 def find_predictions(pred_dir: str | Path) -> dict[str, Path]:
     """``case_id -> path`` of the ``<case_id>.nii.gz`` (or ``.nii``) files in a flat prediction folder."""
-    return _flat_niftis(_existing_dir(pred_dir, "--pred"))
+    return flat_niftis(_existing_dir(pred_dir, "--pred"))
 
 
 def find_ground_truth(gt_dir: str | Path) -> dict[str, Path]:
-    """``case_id -> path`` of the ground-truth masks, detecting the layout (MSD, then AutoPET, then flat)."""
+    """``case_id -> path`` of the ground-truth masks: the first registered task whose layout the folder
+    holds (``TaskSpec.ground_truth``), else a flat folder of ``<case_id>.nii.gz``."""
     root = _existing_dir(gt_dir, "--gt")
-    for labels_dir in (root / "labelsTr", root / "Task01_BrainTumour" / "labelsTr"):
-        if labels_dir.is_dir():
-            return _flat_niftis(labels_dir)
-    autopet_root = root / "FDG-PET-CT-Lesions" if (root / "FDG-PET-CT-Lesions").is_dir() else root
-    segs = sorted(autopet_root.glob("*/*/SEG.nii.gz"))
-    if segs:
-        found: dict[str, Path] = {}
-        for seg in segs:
-            case_id = f"{seg.parent.parent.name}_{seg.parent.name}"
-            if case_id in found:
-                raise UserInputError(f"{seg} and {found[case_id]} both map to case id {case_id}; expected unique ids")
-            found[case_id] = seg
-        return found
-    found = _flat_niftis(root)
+    for task in list_tasks():
+        found = task.ground_truth(root)
+        if found is not None:
+            return found
+    found = flat_niftis(root)
     if not found:
         raise UserInputError(
             f"--gt {root} holds no ground truth; expected <case_id>.nii.gz files, an AutoPET folder "
@@ -119,7 +93,7 @@ def load_mask(path: str | Path, task: str | None = None) -> Mask:
     """Read a 3D NIfTI mask (a trailing singleton 4th axis is dropped); a bad file raises ``UserInputError``.
 
     The header is checked before reading (``mirror_unet_hf.data.nifti_io``); with ``task`` the values must
-    be the task's labels (``MASK_VALUES``): integers, no NaN, nothing negative or above the last label.
+    be the task's labels (``TaskSpec.mask_values``): integers, no NaN, nothing negative or above the last label.
     """
     path = Path(path)
     image = load_nifti(path, None, str(path))
@@ -132,19 +106,20 @@ def load_mask(path: str | Path, task: str | None = None) -> Mask:
 
 def check_mask_values(data: np.ndarray, path: Path, task: str) -> None:
     """Raise ``UserInputError`` unless ``data`` holds only the label values of ``task``."""
-    highest = MAX_MASK_VALUE[task]
+    task = get_task(task)
+    highest, values = task.max_label, task.mask_values
     if data.dtype.kind == "f":
         finite = np.isfinite(data)
         if not finite.all():
-            raise UserInputError(f"{path}: {data.size - int(finite.sum())} NaN/Inf voxels; expected labels {MASK_VALUES[task]}")
+            raise UserInputError(f"{path}: {data.size - int(finite.sum())} NaN/Inf voxels; expected labels {values}")
         fractional = data != np.round(data)
         if fractional.any():
             examples = np.unique(data[fractional])[:3].tolist()
-            raise UserInputError(f"{path}: fractional values such as {examples}; expected labels {MASK_VALUES[task]}")
+            raise UserInputError(f"{path}: fractional values such as {examples}; expected labels {values}")
     if data.size and (data.min() < 0 or data.max() > highest):
         bad = np.unique(data[(data < 0) | (data > highest)])[:5]
         shown = [int(v) for v in bad] if data.dtype.kind in "iuf" else bad.tolist()
-        raise UserInputError(f"{path}: has label values {shown}; expected {MASK_VALUES[task]}")
+        raise UserInputError(f"{path}: has label values {shown}; expected {values}")
 
 
 def check_same_grid(pred: Mask, gt: Mask) -> None:
@@ -167,9 +142,7 @@ def evaluate_case(pred_path: str | Path, gt_path: str | Path, task: str) -> dict
     pred, gt = load_mask(pred_path, task), load_mask(gt_path, task)
     check_same_grid(pred, gt)
     try:
-        if task == "autopet":
-            return autopet_metrics(pred.data, gt.data, gt.spacing).as_dict()
-        return brats_metrics(pred.data, gt.data, gt.spacing).as_dict()
+        return get_task(task).score(pred.data, gt.data, gt.spacing)
     except UserInputError as error:
         raise UserInputError(f"{pred.path} vs {gt.path}: {error}") from error
 
@@ -189,7 +162,7 @@ class EvaluationReport:
 
     @property
     def columns(self) -> tuple[str, ...]:
-        return ("case_id", "status", *METRIC_COLUMNS[self.task], "message")
+        return ("case_id", "status", *get_task(self.task).metric_columns, "message")
 
     @property
     def exit_code(self) -> int:
@@ -202,7 +175,7 @@ class EvaluationReport:
 
 def _row(case_id: str, task: str, status: str, message: str = "", metrics: dict | None = None) -> dict:
     metrics = metrics or {}
-    values = {column: metrics.get(column) for column in METRIC_COLUMNS[task]}
+    values = {column: metrics.get(column) for column in get_task(task).metric_columns}
     return {"case_id": case_id, "status": status, **values, "message": message}
 
 
@@ -214,15 +187,10 @@ def mean_row(rows: Sequence[dict], task: str) -> dict:
     """
     scored = [row for row in rows if row["status"] == STATUS_OK]
     means: dict[str, float | None] = {}
-    for column in METRIC_COLUMNS[task]:
+    for column in get_task(task).metric_columns:
         values = [row[column] for row in scored if row[column] is not None]
         means[column] = float(np.mean(values)) if values else None
-    if task == "autopet":
-        with_lesions = sum(row["dice"] is not None for row in scored)
-        note = f"dice, fnv_ml over the {with_lesions} with lesions"
-    else:
-        note = "hd95 over the studies where it is defined"
-    return _row("mean", task, f"mean of {len(scored)} scored", note, means)
+    return _row("mean", task, f"mean of {len(scored)} scored", get_task(task).mean_note(scored), means)
 
 
 def evaluate_folders(
@@ -233,7 +201,7 @@ def evaluate_folders(
     Args:
         pred_dir: flat folder of ``<case_id>.nii.gz`` predictions.
         gt_dir: ground truth (flat, AutoPET or MSD layout; see the module docstring).
-        task: ``"autopet"`` (Dice, FPV, FNV) or ``"brain_tumour"`` (Dice and HD95 per WT/TC/ET).
+        task: a task name (``"autopet"``: Dice, FPV, FNV; ``"brain_tumour"``: Dice and HD95 per WT/TC/ET).
         skip_bad: record an unreadable or mismatched study as an ``error`` row and go on; without it the
             first such study raises ``UserInputError``. An unexpected exception (a bug) in one study is
             recorded too, as ``internal error: ...`` with its traceback in ``report.tracebacks``.
@@ -242,8 +210,8 @@ def evaluate_folders(
     A ground-truth case without prediction becomes a ``missing prediction`` row (never skipped silently);
     predictions without ground truth are listed in ``unmatched_predictions``.
     """
-    if task not in TASKS:
-        raise UserInputError(f"--task {task!r} is unknown; expected one of: {', '.join(TASKS)}")
+    if task not in task_names():
+        raise UserInputError(f"--task {task!r} is unknown; expected one of: {', '.join(task_names())}")
     ground_truth = find_ground_truth(gt_dir)
     predictions = find_predictions(pred_dir)
     rows, missing, failures, tracebacks = [], [], [], {}

@@ -17,12 +17,13 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from .data.constants import AUTOPET_FILES, AUTOPET_LABEL_FILE, BRAIN_TUMOUR_MODALITIES
+from .data.constants import AUTOPET_LABEL_FILE
 from .data.nifti_io import NiftiSource, load_nifti
 from .data.preprocessing import PreprocessedStudy, preprocess_study
 from .errors import UserInputError
 from .files import NIFTI_SUFFIXES, is_pickle_file
 from .sliding_window import SlidingWindowSettings, sliding_window_predict
+from .tasks import list_tasks
 
 def load_model(model: str | Path, device: str = "cpu"):
     """Load a Mirror U-Net from a `save_pretrained` folder or a Hub id, safetensors weights only.
@@ -64,24 +65,16 @@ def study_inputs(study: str | Path, modalities: list[str]) -> dict[str, NiftiSou
     study = Path(study)
     if study.is_file() and study.name.endswith(NIFTI_SUFFIXES):
         image = load_nifti(study)
-        if len(image.shape) != 4 or image.shape[3] != len(BRAIN_TUMOUR_MODALITIES):
-            raise UserInputError(
-                f"file {study}: a single-file study must be an MSD 4D image with {len(BRAIN_TUMOUR_MODALITIES)} channels "
-                f"({', '.join(BRAIN_TUMOUR_MODALITIES)}); got shape {image.shape}"
-            )
-        data = np.asanyarray(image.dataobj)
-        inputs = {}
-        for name in modalities:
-            if name not in BRAIN_TUMOUR_MODALITIES:
-                raise UserInputError(f"the model reads modality {name!r}, which an MSD BrainTumour image does not have")
-            channel = data[..., BRAIN_TUMOUR_MODALITIES.index(name)].astype(np.float32)
-            inputs[name] = nib.Nifti1Image(channel, image.affine)
-        return inputs
+        for task in list_tasks():
+            inputs = task.split_channels(image, modalities, study)
+            if inputs is not None:
+                return inputs
+        raise UserInputError(f"file {study}: no dataset stores a whole study in one file; expected a study folder")
     if not study.is_dir():
         raise UserInputError(f"study {study} does not exist; expected an AutoPET study folder or an MSD 4D NIfTI file")
     inputs = {}
     for name in modalities:
-        candidates = [study / AUTOPET_FILES[name]] if name in AUTOPET_FILES else []
+        candidates = [study / file_name for task in list_tasks() for file_name in task.modality_file_names(name)]
         candidates += [study / f"{name}{suffix}" for suffix in NIFTI_SUFFIXES]
         found = next((c for c in candidates if c.is_file()), None)
         if found is None:

@@ -12,10 +12,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from .metrics import autopet_metrics, brats_metrics
 from .sliding_window import SlidingWindowSettings, labels_from_logits, sliding_window_predict
-
-TASKS = ("autopet", "brain_tumour")
+from .tasks import get_task
 
 
 def study_metrics(model, study, task: str, settings: SlidingWindowSettings | None = None) -> dict:
@@ -23,13 +21,7 @@ def study_metrics(model, study, task: str, settings: SlidingWindowSettings | Non
     BrainTumour dice_wt / dice_tc / dice_et / hd95_*; `case_id` included."""
     result = sliding_window_predict(model, study.image, settings or SlidingWindowSettings(), parts=("logits",))
     prediction = labels_from_logits(model, result.logits)
-    if task == "autopet":
-        metrics = autopet_metrics(prediction, study.label, study.spacing).as_dict()
-        keep = {k: metrics[k] for k in ("dice", "fpv_ml", "fnv_ml")}
-    elif task == "brain_tumour":
-        keep = brats_metrics(prediction, study.label, study.spacing).as_dict()
-    else:
-        raise ValueError(f"unknown task {task!r}; expected one of: {', '.join(TASKS)}")
+    keep = get_task(task).validation_metrics(prediction, study.label, study.spacing)
     return {"case_id": study.case_id, **keep}
 
 
@@ -46,15 +38,10 @@ def summarise(rows: Sequence[dict]) -> dict[str, float]:
 
 
 def selection_score(summary: dict[str, float], task: str) -> float:
-    """The number a training run maximises to pick its best checkpoint: AutoPET mean Dice (minus
-    FPV in litres as a tie-breaker when no validation study has lesions); BrainTumour mean of the
-    region Dice scores that are defined."""
-    if task == "autopet":
-        if "dice" in summary:
-            return summary["dice"]
-        return -summary.get("fpv_ml", 0.0) / 1000.0
-    dices = [summary[k] for k in ("dice_wt", "dice_tc", "dice_et") if k in summary]
-    return float(np.mean(dices)) if dices else 0.0
+    """The number a training run maximises to pick its best checkpoint (``TaskSpec.selection_score``):
+    AutoPET mean Dice (minus FPV in litres as a tie-breaker when no validation study has lesions);
+    BrainTumour mean of the region Dice scores that are defined."""
+    return get_task(task).selection_score(summary)
 
 
 def validate(model, studies: Iterable, task: str, settings: SlidingWindowSettings | None = None) -> list[dict]:

@@ -259,9 +259,10 @@ def test_evaluate_skip_bad_scores_the_rest_and_lists_every_failure(tmp_path, cap
 
 
 def test_evaluate_skip_bad_reports_an_internal_error_with_its_traceback_and_goes_on(tmp_path, folders, capsys, monkeypatch):
-    from mirror_unet_hf import evaluation
+    from mirror_unet_hf.tasks import get_task
 
-    real = evaluation.autopet_metrics
+    task = get_task("autopet")
+    real = task.score
 
     def broken_on_case_1(pred, gt, spacing):
         if broken_on_case_1.calls == 0:
@@ -270,7 +271,7 @@ def test_evaluate_skip_bad_reports_an_internal_error_with_its_traceback_and_goes
         return real(pred, gt, spacing)
 
     broken_on_case_1.calls = 0
-    monkeypatch.setattr(evaluation, "autopet_metrics", broken_on_case_1)
+    monkeypatch.setattr(task, "score", broken_on_case_1)
     pred, gt = folders
     assert evaluate(pred, gt, tmp_path / "m.csv", "--skip-bad") == 1
     err = capsys.readouterr().err

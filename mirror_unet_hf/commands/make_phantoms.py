@@ -13,15 +13,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..data.constants import AUTOPET_FOLDER, AUTOPET_METADATA_CSV, BRAIN_TUMOUR_FOLDER
-from ..data.phantoms import make_phantoms
+from ..data.phantoms import make_phantoms, phantom_layouts
 from ..errors import UserInputError
 
 HELP = "Write synthetic PET/CT (AutoPET layout) or brain MRI (MSD Task01 layout) studies for tests and demos."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--layout", required=True, choices=("autopet", "brain_tumour"), help="which dataset layout to write")
+    parser.add_argument("--layout", required=True, choices=phantom_layouts(), help="which dataset layout to write")
     parser.add_argument("--out", required=True, help="output folder; FDG-PET-CT-Lesions/ or Task01_BrainTumour/ is created in it")
     parser.add_argument("--n", type=int, default=8, help="number of studies (default 8)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes identical files (default 0)")
@@ -37,10 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def outputs(layout: str, out: Path) -> list[Path]:
-    """What a run writes in ``out``: the dataset folder, and for AutoPET the metadata CSV beside it."""
-    if layout == "autopet":
-        return [out / AUTOPET_FOLDER, out / AUTOPET_METADATA_CSV]
-    return [out / BRAIN_TUMOUR_FOLDER]
+    """What a run writes in ``out``: the dataset folder, and any file beside it (AutoPET's metadata CSV)."""
+    from ..tasks import get_task
+
+    return get_task(layout).phantom_outputs(out)
 
 
 def run(args: argparse.Namespace) -> int:

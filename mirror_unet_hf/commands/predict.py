@@ -89,18 +89,16 @@ def _exists(path: Path) -> bool:
 def dataset_studies(folder: Path) -> dict[str, Path]:
     """case_id → study (AutoPET study folder or MSD 4D image) for a dataset folder, with the same case
     ids as the dataset builder (so `evaluate` matches predictions to ground truth)."""
-    from ..data.builder import discover_studies, find_dataset_root
+    from ..data.builder import discover_studies
+    from ..tasks import detect_task
 
     if not folder.is_dir():
         raise UserInputError(f"--input-dir {folder} is not a folder")
-    for name in ("autopet", "brain_tumour"):
-        try:
-            root = find_dataset_root(name, folder)
-        except UserInputError:
-            continue
-        studies = discover_studies(name, root)
-        role = "pet" if name == "autopet" else "image"
-        return {s.case_id: (s.files[role].parent if role == "pet" else s.files[role]) for s in studies if role in s.files}
+    found = detect_task(folder)
+    if found is not None:
+        task, root = found
+        studies = discover_studies(task.name, root)
+        return {s.case_id: task.prediction_input(s) for s in studies if not s.problem}
     raise UserInputError(
         f"--input-dir {folder}: no studies found; expected an AutoPET tree (<patient>/<study>/SUV.nii.gz) or an "
         "MSD folder (dataset.json, imagesTr/)"

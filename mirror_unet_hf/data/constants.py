@@ -1,11 +1,9 @@
-"""Names shared by the whole package: datasets, modalities, label classes and AutoPET diagnoses.
+"""Names of the built-in datasets' files, modalities, label classes and AutoPET diagnoses (the tasks use them).
 
 Tuples (immutable); pass ``list(...)`` where a config field wants a list.
 """
 
 from __future__ import annotations
-
-DATASET_NAMES = ("autopet", "brain_tumour")
 
 # AutoPET: CT resampled to the PET grid (CTres) and PET in SUV units; SEG is the lesion mask on the PET grid.
 AUTOPET_MODALITIES = ("ct", "pet")
@@ -23,9 +21,6 @@ BRAIN_TUMOUR_LABEL_NAMES = ("background", "edema", "non-enhancing tumour", "enha
 # AutoPET study diagnoses; the metadata CSV spells them NEGATIVE / LYMPHOMA / MELANOMA / LUNG_CANCER.
 DIAGNOSIS_NAMES = ("negative", "lymphoma", "melanoma", "lung_cancer")
 UNKNOWN_DIAGNOSIS = "unknown"
-
-MODALITIES = {"autopet": AUTOPET_MODALITIES, "brain_tumour": BRAIN_TUMOUR_MODALITIES}
-LABEL_NAMES = {"autopet": AUTOPET_LABEL_NAMES, "brain_tumour": BRAIN_TUMOUR_LABEL_NAMES}
 
 
 def diagnosis_from_metadata(value: str | None) -> str:

@@ -48,7 +48,6 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from ..errors import UserInputError
-from .constants import AUTOPET_MODALITIES
 from .nifti_io import (
     Grid,
     NiftiSource,
@@ -85,16 +84,16 @@ class PreprocessingConfig:
 
     @classmethod
     def for_dataset(cls, name: str) -> PreprocessingConfig:
-        """The official defaults (reference document section 7) for ``"autopet"`` or ``"brain_tumour"``.
+        """The official defaults (reference document section 7) of a task (``mirror_unet_hf.tasks``).
 
         AutoPET: CT and PET on the PET grid, 2.0 x 2.0 x 3.0 mm, CT -100..250 HU and SUV 0..15 to [0, 1].
         BrainTumour: the paper's two branches FLAIR and T1Gd on the T1Gd grid, 1 mm, z-score.
         """
-        if name == "autopet":
-            return cls(AUTOPET_MODALITIES, "pet", (2.0, 2.0, 3.0), {"ct": (-100.0, 250.0), "pet": (0.0, 15.0)})
-        if name == "brain_tumour":
-            return cls(("flair", "t1gd"), "t1gd", (1.0, 1.0, 1.0), {})
-        raise UserInputError(f"unknown dataset {name!r}; expected one of: autopet, brain_tumour")
+        from ..tasks import get_task
+
+        task = get_task(name)
+        return cls(task.preprocessing_modalities, task.reference_modality, task.target_spacing,
+                   dict(task.intensity_windows))
 
 
 def preprocessing_settings(config: Any) -> dict:

@@ -1,9 +1,4 @@
-"""Synthetic AutoPET and MSD BrainTumour studies, written in exactly the real on-disk layouts.
-
-``make_phantoms("autopet" | "brain_tumour", out_dir, n, seed, shape=None)`` writes ``n`` studies that go
-through the same builder as the real data. Same seed -> byte-identical files; studies are drawn from
-per-patient seeds, so the first studies of ``n=4`` equal those of ``n=8``. The dataset folder is built
-next to its destination and renamed into place (nothing half-written is ever visible).
+"""FDG PET/CT phantoms in the AutoPET 2022 layout (``FDG-PET-CT-Lesions/<patient>/<study>/``).
 
 AutoPET phantoms (default 96 x 96 x 80 voxels at 2.0 x 2.0 x 3.0 mm, AutoPET's LAS affine): a
 child-sized body from pelvis to head squeezed into a 192 x 192 x 240 mm field of view so a CPU
@@ -17,12 +12,6 @@ nodal lesions; about half the studies negative. Lesion SUV 3-18 (some subtle, 3-
 6-32 mm, PET blurred to 6-7 mm FWHM with signal-dependent correlated noise. Every third patient has a
 follow-up study (same anatomy, moved on the table, lesions evolved) to exercise patient grouping.
 A ``Clinical Metadata FDG PET_CT Lesions.csv`` next to ``FDG-PET-CT-Lesions`` gives the diagnoses.
-
-BrainTumour phantoms (default 64 x 80 x 64 at 2 mm, 4D channel-last FLAIR/T1w/T1Gd/T2w): head with
-scalp, skull ring, CSF, folded grey matter, white matter, lateral ventricles and falx, and a glioma:
-necrotic core (label 2; dark on T1Gd, bright on T2), enhancing rim (label 3; bright on T1Gd) in 85 %
-of cases, and edema (label 1; bright on FLAIR and T2), with bias field and noise. Real MSD images are
-skull-stripped; these keep the skull so that foreground cropping has something to do.
 """
 
 from __future__ import annotations
@@ -30,94 +19,27 @@ from __future__ import annotations
 import csv
 import datetime
 import io
-import json
-import os
-import shutil
-import tempfile
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from ..errors import UserInputError
-from .constants import (
-    AUTOPET_FILES,
-    AUTOPET_FOLDER,
-    AUTOPET_LABEL_FILE,
-    AUTOPET_METADATA_CSV,
-    BRAIN_TUMOUR_FOLDER,
-)
-from .nifti_io import atomic_write_bytes, encode_nifti
+from ...files import atomic_write_bytes
+from ..nifti_io import encode_nifti
+from ..constants import AUTOPET_FILES, AUTOPET_LABEL_FILE, AUTOPET_METADATA_CSV
+from .common import Space, phantom_nifti, smooth_noise
 
-AUTOPET_SHAPE = (96, 96, 80)
 AUTOPET_SPACING = (2.0, 2.0, 3.0)
-BRAIN_SHAPE = (64, 80, 64)
-BRAIN_SPACING = (2.0, 2.0, 2.0)
-MIN_SIZE = 16
 
 # diagnoses of each block of six patients (shuffled per block): half negative
 _DIAGNOSIS_BLOCK = ("negative", "lymphoma", "negative", "melanoma", "negative", "lung_cancer")
 
 
-PHANTOM_MARKER = "PHANTOMS.txt"
-
-
-def is_phantom_dataset(root: str | os.PathLike) -> bool:
-    """Whether a dataset folder (FDG-PET-CT-Lesions / Task01_BrainTumour) was written by `make_phantoms`."""
-    return (Path(root) / PHANTOM_MARKER).is_file()
-
-
-def make_phantoms(
-    layout: str,
-    out_dir: str | os.PathLike,
-    n: int,
-    seed: int,
-    shape: Sequence[int] | None = None,
-) -> Path:
-    """Write ``n`` phantom studies under ``out_dir`` in the real layout and return the dataset folder.
-
-    ``layout``: ``"autopet"`` -> ``out_dir/FDG-PET-CT-Lesions/<patient>/<study>/{CTres,SUV,SEG}.nii.gz`` plus
-    ``out_dir/Clinical Metadata FDG PET_CT Lesions.csv``; ``"brain_tumour"`` ->
-    ``out_dir/Task01_BrainTumour/{dataset.json, imagesTr/BRATS_XXX.nii.gz, labelsTr/BRATS_XXX.nii.gz}``.
-    ``shape``: voxels per axis (default 96x96x80 / 64x80x64); anatomy scales with the field of view.
-    Refuses to overwrite an existing dataset folder.
-    """
-    if layout not in ("autopet", "brain_tumour"):
-        raise UserInputError(f"unknown phantom layout {layout!r}; expected autopet or brain_tumour")
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise UserInputError(f"n must be a positive integer number of studies, got {n!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise UserInputError(f"seed must be a non-negative integer, got {seed!r}")
-    shape = tuple(AUTOPET_SHAPE if layout == "autopet" else BRAIN_SHAPE) if shape is None else tuple(shape)
-    if len(shape) != 3 or not all(isinstance(v, (int, np.integer)) and v >= MIN_SIZE for v in shape):
-        raise UserInputError(f"shape must be three integers >= {MIN_SIZE}, got {shape!r}")
-    shape = tuple(int(v) for v in shape)
-    out_dir = Path(out_dir)
-    folder = AUTOPET_FOLDER if layout == "autopet" else BRAIN_TUMOUR_FOLDER
-    target = out_dir / folder
-    if target.exists():
-        raise UserInputError(f"{str(target)!r} already exists; choose an empty output folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder}.", suffix=".tmp", dir=out_dir))
-    try:
-        if layout == "autopet":
-            rows = _write_autopet(staging / folder, int(n), int(seed), shape)
-            atomic_write_bytes(out_dir / AUTOPET_METADATA_CSV, _metadata_csv(rows))
-        else:
-            _write_brain_tumour(staging / folder, int(n), int(seed), shape)
-        atomic_write_bytes(staging / folder / PHANTOM_MARKER, (
-            f"Synthetic phantoms written by mirror_unet_hf.data.make_phantoms(layout={layout!r}, seed={seed}, "
-            f"shape={shape}); not patient data.\n").encode())
-        os.replace(staging / folder, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
-
-
-# ============================================================================================ AutoPET
+def write_autopet_phantoms(out_dir: Path, root: Path, n: int, seed: int, shape: tuple[int, int, int]) -> None:
+    """``n`` studies into ``root`` (the ``FDG-PET-CT-Lesions`` folder) and the TCIA metadata CSV into ``out_dir``."""
+    rows = _write_autopet(root, n, seed, shape)
+    atomic_write_bytes(out_dir / AUTOPET_METADATA_CSV, _metadata_csv(rows))
 
 
 @dataclass
@@ -171,19 +93,9 @@ def _write_autopet(root: Path, n: int, seed: int, shape: tuple[int, int, int]) -
         ct, suv, seg, affine = _render_autopet(rng, anatomy, lesions)
         study_dir = root / identity["patient"] / folder
         for array, filename in ((ct, AUTOPET_FILES["ct"]), (suv, AUTOPET_FILES["pet"]), (seg, AUTOPET_LABEL_FILE)):
-            atomic_write_bytes(study_dir / filename, encode_nifti(_nifti(array, affine), compresslevel=6))
+            atomic_write_bytes(study_dir / filename, encode_nifti(phantom_nifti(array, affine), compresslevel=6))
         rows.append(_Study(identity["patient"], folder, date, "negative" if not np.any(seg) else diagnosis, identity["age"], identity["sex"]))
     return rows
-
-
-def _nifti(array: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
-    """A NIfTI image stored in the array's own dtype, scanner-anatomical qform and sform, millimetres."""
-    image = nib.Nifti1Image(array, affine)
-    image.header.set_data_dtype(array.dtype)
-    image.header.set_xyzt_units("mm", "sec")
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    return image
 
 
 def _metadata_csv(rows: list[_Study]) -> bytes:
@@ -199,29 +111,6 @@ def _metadata_csv(rows: list[_Study]) -> bytes:
                  modality, row.diagnosis.upper(), f"{row.age}Y", row.sex]
             )
     return buffer.getvalue().encode()
-
-
-class _Space:
-    """Broadcast voxel coordinates of a study in body millimetres (X: patient right +, Y: anterior +, Z: up from the FOV floor)."""
-
-    def __init__(self, shape, spacing, shift=(0.0, 0.0, 0.0)):
-        nx, ny, nz = shape
-        sx, sy, sz = spacing
-        # the array's first axis runs towards the patient's left, as in AutoPET's LAS files
-        self.X = (((nx - 1) / 2.0 - np.arange(nx)) * sx - shift[0]).astype(np.float32)[:, None, None]
-        self.Y = ((np.arange(ny) - (ny - 1) / 2.0) * sy - shift[1]).astype(np.float32)[None, :, None]
-        self.Z = ((np.arange(nz) + 0.5) * sz - shift[2]).astype(np.float32)[None, None, :]
-        self.shape = tuple(shape)
-        self.spacing = tuple(spacing)
-
-    def ellipsoid(self, centre, radii):
-        """Normalised squared distance to an axis-aligned ellipsoid (<= 1 inside)."""
-        return ((self.X - centre[0]) / radii[0]) ** 2 + ((self.Y - centre[1]) / radii[1]) ** 2 + ((self.Z - centre[2]) / radii[2]) ** 2
-
-
-def _smooth_noise(rng, shape, sigma):
-    field = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma)
-    return field / max(float(field.std()), 1e-6)
 
 
 def _draw_anatomy(rng, shape) -> dict:
@@ -248,7 +137,7 @@ def _draw_anatomy(rng, shape) -> dict:
     }
 
 
-def _body_parts(space: _Space, a: dict) -> dict:
+def _body_parts(space: Space, a: dict) -> dict:
     """Boolean masks and distance maps of the anatomy (no randomness beyond the patient's organ seed)."""
     A, B, H = a["A"], a["B"], a["H"]
     X, Y, Z = space.X, space.Y, space.Z
@@ -312,9 +201,9 @@ def _body_parts(space: _Space, a: dict) -> dict:
     organs["table"] = (np.abs(Y + 1.02 * B + 8.0) < 3.0) & (np.abs(X) < 0.95 * 0.5 * space.shape[0] * space.spacing[0])
     # organ texture / bowel pattern: fixed per patient so follow-ups share the anatomy
     texture_rng = np.random.default_rng(a["organ_seed"])
-    organs["bowel"] = _smooth_noise(texture_rng, space.shape, 2.0)
-    organs["texture"] = _smooth_noise(texture_rng, space.shape, 1.5)
-    organs["vessels"] = _smooth_noise(texture_rng, space.shape, 0.8)
+    organs["bowel"] = smooth_noise(texture_rng, space.shape, 2.0)
+    organs["texture"] = smooth_noise(texture_rng, space.shape, 1.5)
+    organs["vessels"] = smooth_noise(texture_rng, space.shape, 0.8)
     return organs
 
 
@@ -323,7 +212,7 @@ def _render_autopet(rng, a: dict, lesions: list[dict]):
     shape = a["shape"]
     sx, sy, sz = AUTOPET_SPACING
     shift = (rng.uniform(-4, 4), rng.uniform(-3, 3), rng.uniform(-6, 6))
-    space = _Space(shape, AUTOPET_SPACING, shift)
+    space = Space(shape, AUTOPET_SPACING, shift)
     o = _body_parts(space, a)
     t, rho = o["t"], o["rho"]
 
@@ -388,7 +277,7 @@ def _render_autopet(rng, a: dict, lesions: list[dict]):
     fwhm = rng.uniform(6.0, 7.0)
     sigma = [fwhm / 2.3548 / s for s in AUTOPET_SPACING]
     pet = ndimage.gaussian_filter(pet, sigma)
-    noise = _smooth_noise(rng, shape, 0.7)
+    noise = smooth_noise(rng, shape, 0.7)
     pet = np.maximum(pet + 0.16 * np.sqrt(np.maximum(pet, 0)) * noise, 0).astype(np.float32)
     ct = ndimage.gaussian_filter(ct, 0.6) + rng.normal(0, 9.0, size=shape).astype(np.float32)
     ct = np.clip(ct, -1024, 3071).astype(np.float32)
@@ -412,7 +301,7 @@ _NODE_STATIONS = {
 }
 
 
-def _site_point(rng, space: _Space, mask: np.ndarray, margin_mm: float):
+def _site_point(rng, space: Space, mask: np.ndarray, margin_mm: float):
     """A random voxel centre (mm) inside ``mask`` at least ``margin_mm`` from its edge (or anywhere in it)."""
     depth = ndimage.distance_transform_edt(mask, sampling=space.spacing)
     candidates = np.argwhere(depth >= margin_mm)
@@ -437,7 +326,7 @@ def _lesion(rng, centre, radius_mm, suv, kind):
 
 def _draw_lesions(rng, diagnosis: str, a: dict) -> list[dict]:
     A, B, H = a["A"], a["B"], a["H"]
-    space = _Space(a["shape"], AUTOPET_SPACING)
+    space = Space(a["shape"], AUTOPET_SPACING)
     o = _body_parts(space, a)
 
     def node(station, side, spread=6.0):
@@ -500,129 +389,3 @@ def _follow_up_lesions(rng, lesions: list[dict], a: dict, diagnosis: str) -> lis
     if rng.random() < 0.3 or not evolved:
         evolved += _draw_lesions(rng, diagnosis, a)[:1]
     return evolved
-
-
-# ========================================================================================= BrainTumour
-
-# tissue -> (FLAIR, T1w, T1Gd, T2w), arbitrary MR units like the raw MSD images
-_MR = {
-    "scalp": (260.0, 700.0, 700.0, 380.0),
-    "skull": (40.0, 60.0, 60.0, 50.0),
-    "csf": (90.0, 160.0, 170.0, 1050.0),
-    "grey": (430.0, 440.0, 460.0, 540.0),
-    "white": (340.0, 620.0, 630.0, 330.0),
-    "edema": (720.0, 390.0, 400.0, 800.0),
-    "core": (520.0, 290.0, 270.0, 920.0),
-    "enhancing": (560.0, 430.0, 1150.0, 620.0),
-}
-
-
-def _write_brain_tumour(root: Path, n: int, seed: int, shape: tuple[int, int, int]) -> None:
-    training = []
-    sx, sy, sz = BRAIN_SPACING
-    affine = np.array(
-        [[-sx, 0, 0, (shape[0] - 1) / 2 * sx], [0, sy, 0, -(shape[1] - 1) / 2 * sy], [0, 0, sz, -(shape[2] - 1) / 2 * sz], [0, 0, 0, 1]],
-        dtype=np.float64,
-    )
-    for case in range(n):
-        rng = np.random.default_rng([seed, case])
-        image, label = _render_brain(rng, shape)
-        name = f"BRATS_{case + 1:03d}.nii.gz"
-        for array, folder in ((image, "imagesTr"), (label, "labelsTr")):
-            atomic_write_bytes(root / folder / name, encode_nifti(_nifti(array, affine), compresslevel=6))
-        training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
-    description = {
-        "name": "BRATS",
-        "description": "Synthetic Mirror U-Net phantoms in the MSD Task01_BrainTumour layout",
-        "reference": "mirror_unet_hf.data.phantoms",
-        "licence": "Apache-2.0",
-        "release": "phantom",
-        "tensorImageSize": "4D",
-        "modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},
-        "labels": {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"},
-        "numTraining": n,
-        "numTest": 0,
-        "training": training,
-        "test": [],
-    }
-    atomic_write_bytes(root / "dataset.json", (json.dumps(description, indent=4) + "\n").encode())
-
-
-def _rotated_ellipsoid(space: _Space, centre, radii, angle):
-    """Like ``_Space.ellipsoid`` but turned by ``angle`` radians in the axial (X, Y) plane."""
-    x, y = space.X - centre[0], space.Y - centre[1]
-    u = np.cos(angle) * x + np.sin(angle) * y
-    v = -np.sin(angle) * x + np.cos(angle) * y
-    return (u / radii[0]) ** 2 + (v / radii[1]) ** 2 + ((space.Z - centre[2]) / radii[2]) ** 2
-
-
-def _render_brain(rng, shape) -> tuple[np.ndarray, np.ndarray]:
-    space = _Space(shape, BRAIN_SPACING)
-    half = np.array(shape, dtype=float) * np.array(BRAIN_SPACING) / 2
-    radii = half * np.array([0.86, 0.88, 0.86]) * rng.uniform(0.92, 1.0, 3)
-    centre = (0.0, 0.0, half[2] * rng.uniform(0.9, 1.05))  # Z runs from the FOV floor: the head sits slightly low
-    d = np.sqrt(space.ellipsoid(centre, radii))
-    def thickness(mm):
-        return mm / float(radii.mean())  # a shell thickness in normalised radius
-    head = d <= 1
-    skull_outer = 1 - thickness(3.0)
-    brain_edge = skull_outer - thickness(4.0)
-    folding = _smooth_noise(rng, shape, 1.0)
-    # cortex 2-6 mm thick following the folding field; sulci are CSF clefts through it
-    grey_edge = brain_edge - thickness(2.0) - thickness(10.0) * np.clip(0.5 + 0.5 * folding, 0.1, 1.0)
-    tissue = np.zeros(shape, dtype=np.int8)  # 0 air, 1 scalp, 2 skull, 3 csf, 4 grey, 5 white
-    tissue[head] = 1
-    tissue[d <= skull_outer] = 2
-    tissue[d <= brain_edge] = 3
-    tissue[d <= brain_edge - thickness(2.0)] = 4
-    tissue[d <= grey_edge] = 5
-    tissue[(folding > 0.75) & (tissue == 4) & (d > grey_edge + thickness(1.0))] = 3
-    dx, dy, dz = radii
-    cz = centre[2]
-    # deep grey nuclei beside the ventricles
-    nuclei = np.minimum(
-        space.ellipsoid((0.2 * dx, -0.02 * dy, cz + 0.02 * dz), (0.1 * dx, 0.14 * dy, 0.12 * dz)),
-        space.ellipsoid((-0.2 * dx, -0.02 * dy, cz + 0.02 * dz), (0.1 * dx, 0.14 * dy, 0.12 * dz)),
-    ) <= 1
-    tissue[nuclei & (tissue == 5)] = 4
-    # lateral ventricles: frontal horns splay outwards (rotated ellipsoids), bodies run back near the midline
-    ventricles = np.zeros(shape, dtype=bool)
-    for side in (1, -1):
-        ventricles |= _rotated_ellipsoid(space, (side * 0.12 * dx, 0.18 * dy, cz + 0.12 * dz), (0.06 * dx, 0.26 * dy, 0.14 * dz), side * 0.35) <= 1
-        ventricles |= _rotated_ellipsoid(space, (side * 0.14 * dx, -0.22 * dy, cz + 0.14 * dz), (0.07 * dx, 0.24 * dy, 0.12 * dz), -side * 0.25) <= 1
-    ventricles |= space.ellipsoid((0.0, 0.0, cz - 0.02 * dz), (0.025 * dx, 0.16 * dy, 0.10 * dz)) <= 1
-    falx = (np.abs(space.X) < 1.1) & (tissue >= 4) & (np.abs(space.Y) > 0.45 * dy)
-    tissue[ventricles | falx] = 3
-
-    # tumour: core (necrotic / non-enhancing), enhancing rim, edema; boundaries made irregular by smooth noise
-    side = 1 if rng.random() < 0.5 else -1
-    t_centre = (side * rng.uniform(0.25, 0.45) * dx, rng.uniform(-0.45, 0.45) * dy, cz + rng.uniform(-0.1, 0.35) * dz)
-    core_radius = rng.uniform(8.0, 16.0)
-    distance = np.sqrt(space.ellipsoid(t_centre, (1.0, 1.0, 1.0)))
-    wobble = _smooth_noise(rng, shape, 3.0)
-    core_d = distance / core_radius * (1 + 0.12 * wobble)
-    edema_d = distance / (core_radius + rng.uniform(8.0, 22.0)) * (1 + 0.22 * wobble)
-    parenchyma = (tissue == 4) | (tissue == 5)
-    label = np.zeros(shape, dtype=np.uint8)
-    label[(edema_d <= 1) & parenchyma] = 1
-    tumour = (core_d <= 1) & (d <= brain_edge)
-    label[tumour] = 2
-    if rng.random() < 0.85:
-        rim_mm = rng.uniform(2.0, 5.0)
-        label[tumour & (core_d > 1 - rim_mm / core_radius)] = 3
-
-    channels = np.zeros((*shape, 4), dtype=np.float32)
-    names = ["scalp", "skull", "csf", "grey", "white"]
-    for code, name in enumerate(names, start=1):
-        channels[tissue == code] = _MR[name]
-    for value, name in ((1, "edema"), (2, "core"), (3, "enhancing")):
-        channels[label == value] = _MR[name]
-    heterogeneity = 1 + 0.12 * _smooth_noise(rng, shape, 1.0)
-    channels[label == 2] *= heterogeneity[label == 2, None]
-    channels = ndimage.gaussian_filter(channels, (0.6, 0.6, 0.6, 0))
-    bias = 1 + 0.08 * _smooth_noise(rng, shape, 10.0)
-    gain = rng.uniform(0.8, 1.25, 4).astype(np.float32)
-    noise = rng.standard_normal((*shape, 4), dtype=np.float32) * (0.025 * np.array(_MR["white"], dtype=np.float32))
-    channels = (channels * bias[..., None] + noise) * gain
-    channels[~head] = 0.0  # MR background is exactly zero, as in MSD
-    return np.maximum(channels, 0).astype(np.float32), label
