@@ -6,7 +6,6 @@ Import explicitly (`from conftest_hub import ...`); the loopback server itself i
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 import torch
 
 from mirror_unet_hf import MirrorUNetConfig, MirrorUNetModel
+from mirror_unet_hf.hub import write_metrics, write_training_args
 
 SMALL_CHANNELS = [4, 8, 16, 32, 64]
 INPUT_SIZE = 32  # two strides of 16: the smallest size that exercises every level
@@ -44,9 +44,9 @@ def save_checkpoint(model: MirrorUNetModel, folder: Path, metrics: dict | None =
     """`save_pretrained` plus the JSON files the training script writes next to the weights."""
     model.save_pretrained(folder)
     if metrics is not None:
-        (folder / "metrics.json").write_text(json.dumps(metrics))
+        write_metrics(folder, metrics)
     if training_args is not None:
-        (folder / "training_args.json").write_text(json.dumps(training_args))
+        write_training_args(folder, training_args)
     return folder
 
 

@@ -12,10 +12,11 @@ import torch
 from conftest_hub import folder_digest, run_python
 from hub_server import hub_fixture  # noqa: F401  (the `hub` fixture)
 
+import mirror_unet_hf
 from mirror_unet_hf import MirrorUNetConfig, MirrorUNetModel
 from mirror_unet_hf.data import make_phantoms
 from mirror_unet_hf.errors import UserInputError
-from mirror_unet_hf.space import push_space, read_space_metadata, space_files
+from mirror_unet_hf.hub import push_space, read_space_metadata, space_files
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "demo"
@@ -78,7 +79,13 @@ def test_space_files_are_the_demo_folder_plus_the_package_without_caches(demo_di
     files = dict(space_files(demo_dir))
     assert {"app.py", "README.md", "requirements.txt", "checkpoint/model.safetensors", "checkpoint/config.json",
             "examples/phantom_1/SUV.nii.gz", "mirror_unet_hf/__init__.py", "mirror_unet_hf/demo_app.py",
-            "mirror_unet_hf/viewer.py", "mirror_unet_hf/data/phantoms/__init__.py", "mirror_unet_hf/tasks/autopet.py", "mirror_unet_hf/hub_cards/model_card.md.j2"} <= set(files)
+            "mirror_unet_hf/viewer.py", "mirror_unet_hf/data/phantoms/__init__.py", "mirror_unet_hf/tasks/autopet.py", "mirror_unet_hf/hub_cards/model_card.md.j2",
+            "mirror_unet_hf/hub/__init__.py", "mirror_unet_hf/hub/space.py"} <= set(files)
+    package = Path(mirror_unet_hf.__file__).resolve().parent
+    sources = {
+        f"mirror_unet_hf/{p.relative_to(package).as_posix()}" for p in package.rglob("*.py") if "__pycache__" not in p.parts
+    }
+    assert sources <= set(files), sources - set(files)  # every module of the package, sub-packages included
     assert not [name for name in files if "__pycache__" in name or name.endswith(".pyc") or "/." in f"/{name}"]
 
 

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print(url)
     if args.space:
-        from ..space import push_space
+        from ..hub import push_space
 
         space_url = push_space(
             args.space, args.space_id or f"{args.repo_id}-demo", model_id=args.repo_id, private=args.private,

@@ -13,25 +13,26 @@ import re
 from pathlib import Path
 
 import yaml
-from huggingface_hub import CommitOperationAdd, HfApi, constants
 
-from .errors import UserInputError
-from .files import is_pickle_file
-from .hub import (
+from ..errors import UserInputError
+from ..files import is_pickle_file
+from .checkpoint_files import check_checkpoint_folder
+from .client import (
     CARD_FILE,
     DEFAULT_TIMEOUT,
     REPO_ID,
-    _check_repo_id,
-    _hub_errors,
-    _request_timeout,
-    _resolve_token,
-    check_checkpoint_folder,
+    check_repo_id,
+    commit_files,
+    hub_api,
+    hub_errors,
+    request_timeout,
+    resolve_token,
 )
 
 APP_FILE = "app.py"
 REQUIREMENTS_FILE = "requirements.txt"
 MODEL_VARIABLE = "MIRROR_UNET_MODEL"
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # mirror_unet_hf/, sub-packages included
 PACKAGE_NAME = PACKAGE_DIR.name
 SKIPPED_PARTS = ("__pycache__",)
 
@@ -74,7 +75,9 @@ def space_files(demo_dir: str | Path, include_package: bool = True) -> list[tupl
     """(path in the Space, local file) of everything `push_space` uploads; checks the folder first."""
     folder = Path(demo_dir)
     if not folder.is_dir():
-        raise UserInputError(f"{folder} is not a folder; expected the demo folder (app.py, requirements.txt, README.md)")
+        raise UserInputError(
+            f"{folder} is not a folder; expected the demo folder (app.py, requirements.txt, README.md)"
+        )
     metadata = read_space_metadata(folder / CARD_FILE)
     for name in (metadata["app_file"], REQUIREMENTS_FILE):
         if not (folder / name).is_file():
@@ -125,27 +128,28 @@ def push_space(
         UserInputError: a bad folder, repo id, model id or missing token (before anything is sent);
             `HubRequestError` (a subclass) when the Hub refuses or does not answer.
     """
-    _check_repo_id(repo_id)
+    check_repo_id(repo_id)
     if model_id is not None and (not isinstance(model_id, str) or not REPO_ID.fullmatch(model_id)):
         raise UserInputError(f"model id {model_id!r} is not a Hub repo id; expected NAMESPACE/NAME")
     files = space_files(demo_dir, include_package=include_package)
-    token = _resolve_token(token)
-    api = HfApi(endpoint=endpoint, token=token, library_name="mirror-unet-hf")
-    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path)) for name, path in files]
-    with _request_timeout(timeout), _hub_errors(f"pushing to Space {repo_id}", api.endpoint, timeout):
-        url = api.create_repo(repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
-        if revision and revision != constants.DEFAULT_REVISION:
-            api.create_branch(repo_id, branch=revision, repo_type="space", exist_ok=True)
-        api.create_commit(
-            repo_id,
-            operations,
-            commit_message=commit_message or "Upload the Mirror U-Net demo",
-            repo_type="space",
-            revision=revision,
-        )
-        if model_id is not None:
+    token = resolve_token(token)
+    url = commit_files(
+        files,
+        repo_id,
+        "space",
+        private=private,
+        revision=revision,
+        commit_message=commit_message or "Upload the Mirror U-Net demo",
+        token=token,
+        endpoint=endpoint,
+        timeout=timeout,
+        space_sdk="gradio",
+    )
+    if model_id is not None:
+        api = hub_api(token, endpoint)
+        with request_timeout(timeout), hub_errors(f"pushing to Space {repo_id}", api.endpoint, timeout):
             api.add_space_variable(repo_id, MODEL_VARIABLE, model_id, description="Hub id of the model the demo serves")
-    return str(url)
+    return url
 
 
 __all__ = ["push_space", "read_space_metadata", "space_files"]
