@@ -7,7 +7,7 @@ is their one writer and one reader each (`write_metrics` / `read_metrics`, `writ
 
 ``metrics.json`` — the validation result of the checkpoint::
 
-    {"task": "autopet" | "brain_tumour",   # which metric set
+    {"task": "autopet" | "brain_tumour" | …, # which metric set (a task name)
      "dataset": str,                        # data set name or Hub id, e.g. "autopet" or "ns/phantoms"
      "split": "validation",
      "num_studies": int,                    # studies scored
@@ -41,6 +41,7 @@ from ..configuration_mirror_unet import MirrorUNetConfig
 from ..errors import UserInputError
 from ..files import atomic_write_text, is_pickle_file, json_text
 from ..modeling_mirror_unet import MirrorUNetModel
+from ..tasks import task_names
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -48,7 +49,6 @@ CODE_FILES = ("configuration_mirror_unet.py", "modeling_mirror_unet.py")
 METRICS_FILE = "metrics.json"
 TRAINING_ARGS_FILE = "training_args.json"
 
-METRIC_TASKS = ("autopet", "brain_tumour")
 METRICS_KEYS = ("task", "dataset", "split", "num_studies", "metrics")
 SECRET_KEY = re.compile(r"token|secret|password|passwd|credential|api[_-]?key", re.IGNORECASE)
 
@@ -108,9 +108,9 @@ def read_metrics(path: str | Path) -> dict:
     missing = [key for key in METRICS_KEYS if key not in data]
     if missing:
         raise UserInputError(f"{path} lacks {', '.join(missing)}; {expected}")
-    if data["task"] not in METRIC_TASKS:
+    if data["task"] not in task_names():
         raise UserInputError(
-            f"{path}: task {data['task']!r} is unknown; expected one of: {', '.join(METRIC_TASKS)}"
+            f"{path}: task {data['task']!r} is unknown; expected one of: {', '.join(task_names())}"
         )
     if not isinstance(data["dataset"], str) or not data["dataset"].strip():
         raise UserInputError(f"{path}: dataset {data['dataset']!r} must be a non-empty string (name or Hub id)")

@@ -1,6 +1,6 @@
 """The dataset card of a data folder, and what a data set repo holds besides the folder's files.
 
-`describe_layout` recognises the AutoPET and Medical Segmentation Decathlon layouts; `study_metadata` is
+`describe_layout` recognises the registered tasks' layouts (AutoPET, Medical Segmentation Decathlon, ...); `study_metadata` is
 the ``metadata.jsonl`` that lets ``datasets.load_dataset(repo_id)`` read one row per study;
 `build_dataset_card` renders ``mirror_unet_hf/hub_cards/dataset_card.md.j2``.
 """
@@ -12,11 +12,11 @@ from pathlib import Path
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from ..files import NIFTI_SUFFIXES
+from ..tasks import get_task, list_tasks, task_names
 from .model_card import CARD_TEMPLATES
 
 DATASET_CARD_TEMPLATE = CARD_TEMPLATES / "dataset_card.md.j2"
 LISTING_LIMIT = 40  # files listed in a dataset card's layout block
-AUTOPET_COLUMNS = {"ct": "CTres.nii.gz", "pet": "SUV.nii.gz", "seg": "SEG.nii.gz"}
 METADATA_FILE = "metadata.jsonl"
 
 
@@ -32,32 +32,13 @@ def dataset_files(folder: Path) -> list[tuple[str, Path]]:
 
 
 def describe_layout(files: list[tuple[str, Path]]) -> dict:
-    """The folder's layout: ``kind`` (autopet, msd or files), a one-line ``summary``, the number of
-    ``studies`` (None for plain files) and an ``example`` path."""
+    """The folder's layout: ``kind`` (a task name, e.g. autopet or brain_tumour, or ``files``), a one-line
+    ``summary``, the number of ``studies`` (None for plain files) and an ``example`` path."""
     names = [name for name, _ in files]
-    studies = sorted({n.rsplit("/", 1)[0] for n in names if n.endswith("/SEG.nii.gz")})
-    if studies:
-        return {
-            "kind": "autopet",
-            "summary": (
-                f"AutoPET layout: {len(studies)} studies as `<patient>/<study>/` folders, each with "
-                "`CTres.nii.gz` (CT on the PET grid, HU), `SUV.nii.gz` (PET in SUV) and `SEG.nii.gz` "
-                "(lesion mask, 0/1)"
-            ),
-            "studies": len(studies),
-            "example": studies[0],
-        }
-    labels = sorted(n for n in names if "labelsTr/" in n and n.endswith(NIFTI_SUFFIXES))
-    if labels and any(n.endswith("dataset.json") for n in names):
-        return {
-            "kind": "msd",
-            "summary": (
-                "Medical Segmentation Decathlon layout: `dataset.json`, `imagesTr/` (4D images, channel last) and "
-                f"`labelsTr/` with {len(labels)} labelled cases"
-            ),
-            "studies": len(labels),
-            "example": labels[0],
-        }
+    for task in list_tasks():
+        layout = task.repo_layout(names)
+        if layout is not None:
+            return {"kind": task.name, **layout}
     niftis = [n for n in names if n.endswith(NIFTI_SUFFIXES)]
     return {
         "kind": "files",
@@ -71,21 +52,9 @@ def study_metadata(files: list[tuple[str, Path]], layout: dict) -> list[dict]:
     """One row per study for `datasets`' niftifolder loader (``<column>_file_name`` keys pair the files
     of a study into columns): AutoPET studies -> case_id, ct, pet, seg; MSD cases -> case_id, image, label.
     Empty for any other layout."""
-    names = {name for name, _ in files}
-    rows = []
-    if layout["kind"] == "autopet":
-        for study in sorted({n.rsplit("/", 1)[0] for n in names if n.endswith("/SEG.nii.gz")}):
-            paths = {column: f"{study}/{file}" for column, file in AUTOPET_COLUMNS.items()}
-            if all(path in names for path in paths.values()):
-                parts = study.split("/")
-                rows.append({"case_id": "_".join(parts[-2:]), **{f"{c}_file_name": p for c, p in paths.items()}})
-    elif layout["kind"] == "msd":
-        for label in sorted(n for n in names if n.split("/")[-2:-1] == ["labelsTr"] and n.endswith(NIFTI_SUFFIXES)):
-            image = label.replace("labelsTr/", "imagesTr/")
-            if image in names:
-                case_id = label.rsplit("/", 1)[-1].split(".nii")[0]
-                rows.append({"case_id": case_id, "image_file_name": image, "label_file_name": label})
-    return rows
+    if layout["kind"] not in task_names():
+        return []
+    return get_task(layout["kind"]).repo_study_rows({name for name, _ in files})
 
 
 def _size_category(count: int) -> str:
@@ -107,10 +76,9 @@ def _dataset_card_data(
     repo_id: str, license: str, pretty_name: str | None, layout: dict, phantoms: bool, num_files: int
 ) -> DatasetCardData:
     tags = ["medical-imaging", "3d", "nifti", "segmentation", "mirror-unet"]
-    if layout["kind"] == "autopet":
-        tags.append("pet-ct")
-    elif layout["kind"] == "msd":
-        tags.append("mri")
+    tag = get_task(layout["kind"]).domain_tag if layout["kind"] in task_names() else None
+    if tag:
+        tags.append(tag)
     if phantoms:
         tags.append("synthetic-data")
     return DatasetCardData(

@@ -12,13 +12,9 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ..configuration_mirror_unet import (
-    AUTOPET_MODALITIES,
-    BRATS_MODALITIES,
-    PRESETS,
-    MirrorUNetConfig,
-)
+from ..configuration_mirror_unet import PRESETS, MirrorUNetConfig
 from ..errors import UserInputError
+from ..tasks import get_task, list_tasks, task_for_modalities, task_names
 from .checkpoint_files import (
     METRICS_FILE,
     TRAINING_ARGS_FILE,
@@ -35,29 +31,20 @@ from .client import REPO_ID
 CARD_TEMPLATES = Path(__file__).parents[1] / "hub_cards"
 MODEL_CARD_TEMPLATE = CARD_TEMPLATES / "model_card.md.j2"
 
-# name -> (what the card calls it, unit)
-METRIC_LABELS = {
-    "dice": ("Dice", ""),
-    "fpv_ml": ("False-positive volume", "ml"),
-    "fnv_ml": ("False-negative volume", "ml"),
-    "dice_wt": ("Dice, whole tumour", ""),
-    "dice_tc": ("Dice, tumour core", ""),
-    "dice_et": ("Dice, enhancing tumour", ""),
-    "hd95_wt": ("HD95, whole tumour", "mm"),
-    "hd95_tc": ("HD95, tumour core", "mm"),
-    "hd95_et": ("HD95, enhancing tumour", "mm"),
-}
-TASK_DATASETS = {"autopet": "AutoPET (FDG-PET-CT-Lesions)", "brain_tumour": "MSD Task01 BrainTumour"}
 ACTIVATION_NAMES = {"prelu": "PReLU", "relu": "ReLU", "leakyrelu": "LeakyReLU", "gelu": "GELU"}
 
 
 def _domain(config: MirrorUNetConfig) -> dict:
-    modalities = set(config.modalities)
-    if modalities <= set(AUTOPET_MODALITIES):
-        return {"name": "PET/CT", "tag": "pet-ct", "task": "autopet"}
-    if modalities <= set(BRATS_MODALITIES):
-        return {"name": "MRI", "tag": "mri", "task": "brain_tumour"}
-    return {"name": "multimodal", "tag": None, "task": None}
+    """The imaging domain of the model's inputs, from the first task whose studies have every modality."""
+    task = task_for_modalities(config.modalities)
+    if task is None:
+        return {"name": "multimodal", "tag": None, "task": None}
+    return {"name": task.domain, "tag": task.domain_tag, "task": task.name}
+
+
+def _metric_unit_label(name: str) -> tuple[str, str]:
+    """(what the card calls a metric, its unit), from the task that defines it."""
+    return next((task.metric_labels[name] for task in list_tasks() if name in task.metric_labels), (name, ""))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,14 +116,14 @@ def _input_rows(config: MirrorUNetConfig) -> list[dict]:
 
 
 def _metric_label(name: str) -> str:
-    label, unit = METRIC_LABELS.get(name, (name, ""))
+    label, unit = _metric_unit_label(name)
     return label + (f" ({unit})" if unit else "")
 
 
 def _metric_rows(metrics: dict) -> list[dict]:
     rows = []
     for name, value in metrics["metrics"].items():
-        unit = METRIC_LABELS.get(name, (name, ""))[1]
+        unit = _metric_unit_label(name)[1]
         shown = "n/a" if value is None else (f"{value:.2f}" if unit else f"{value:.4f}")
         rows.append({"name": name, "label": _metric_label(name), "value": shown})
     return rows
@@ -144,8 +131,9 @@ def _metric_rows(metrics: dict) -> list[dict]:
 
 def _eval_results(metrics: dict) -> list[EvalResult]:
     dataset = _dataset_id(metrics["dataset"])
-    task_name = "3D lesion segmentation" if metrics["task"] == "autopet" else "3D brain tumour segmentation"
-    dataset_name = metrics["dataset"] if metrics["dataset"] != dataset else TASK_DATASETS.get(dataset, dataset)
+    task_name = get_task(metrics["task"]).segmentation_name
+    titled = get_task(dataset).title if dataset in task_names() else dataset
+    dataset_name = metrics["dataset"] if metrics["dataset"] != dataset else titled
     return [
         EvalResult(
             task_type="image-segmentation",

@@ -100,6 +100,10 @@ class AutoPETTask(TaskSpec):
     record_columns = ("diagnosis",)
     stratify_column = "diagnosis"
     domain, domain_tag = "PET/CT", "pet-ct"
+    segmentation_name = "3D lesion segmentation"
+    metric_labels = {
+        "dice": ("Dice", ""), "fpv_ml": ("False-positive volume", "ml"), "fnv_ml": ("False-negative volume", "ml"),
+    }
     preprocessing_modalities = AUTOPET_MODALITIES
     reference_modality = "pet"
     target_spacing = (2.0, 2.0, 3.0)
@@ -194,6 +198,29 @@ class AutoPETTask(TaskSpec):
 
     def modality_file_names(self, modality: str) -> tuple[str, ...]:
         return (AUTOPET_FILES[modality],) if modality in AUTOPET_FILES else ()
+
+    # ------------------------------------------------------------------------------ Hub dataset repos
+
+    def repo_layout(self, names: Sequence[str]) -> dict | None:
+        studies = sorted({n.rsplit("/", 1)[0] for n in names if n.endswith(f"/{AUTOPET_LABEL_FILE}")})
+        if not studies:
+            return None
+        summary = (
+            f"AutoPET layout: {len(studies)} studies as `<patient>/<study>/` folders, each with "
+            "`CTres.nii.gz` (CT on the PET grid, HU), `SUV.nii.gz` (PET in SUV) and `SEG.nii.gz` (lesion mask, 0/1)"
+        )
+        return {"summary": summary, "studies": len(studies), "example": studies[0]}
+
+    def repo_study_rows(self, names: set[str]) -> list[dict]:
+        columns = {**AUTOPET_FILES, "seg": AUTOPET_LABEL_FILE}
+        rows = []
+        for study in sorted({n.rsplit("/", 1)[0] for n in names if n.endswith(f"/{AUTOPET_LABEL_FILE}")}):
+            paths = {column: f"{study}/{file}" for column, file in columns.items()}
+            if all(path in names for path in paths.values()):
+                parts = study.split("/")
+                key = case_id(*parts[-2:]) if len(parts) >= 2 else parts[-1]
+                rows.append({"case_id": key, **{f"{c}_file_name": p for c, p in paths.items()}})
+        return rows
 
     # ------------------------------------------------------------------------------ metrics
 

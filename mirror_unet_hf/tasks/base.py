@@ -48,9 +48,11 @@ class TaskSpec:
     label_names: ClassVar[tuple[str, ...]]  # label map: value i is label_names[i]
     record_columns: ClassVar[tuple[str, ...]] = ()  # extra string columns of a dataset row (e.g. "diagnosis")
     stratify_column: ClassVar[str | None] = None  # the column folds are stratified by
-    # model card: the imaging domain ("PET/CT", tag "pet-ct")
+    # model card: the imaging domain ("PET/CT", tag "pet-ct"), what the model does, how metrics are named
     domain: ClassVar[str] = "multimodal"
     domain_tag: ClassVar[str | None] = None
+    segmentation_name: ClassVar[str] = "3D segmentation"
+    metric_labels: ClassVar[dict[str, tuple[str, str]]] = {}  # metric -> (label, unit)
     # preprocessing defaults of the paper (reference document, section 7)
     preprocessing_modalities: ClassVar[tuple[str, ...]]
     reference_modality: ClassVar[str]
@@ -126,6 +128,18 @@ class TaskSpec:
     def mean_note(self, scored: Sequence[dict]) -> str:
         """What the mean row of `evaluate` says about how it averaged."""
         return ""
+
+    # ------------------------------------------------------------------------------ Hub dataset repos
+
+    def repo_layout(self, names: Sequence[str]) -> dict | None:
+        """For a folder pushed as a dataset repo (its relative file paths): ``summary`` (one line for the
+        card), ``studies`` (count) and ``example`` (a path) when the files are in this layout, else None."""
+        return None
+
+    def repo_study_rows(self, names: set[str]) -> list[dict]:
+        """One ``metadata.jsonl`` row per study for `datasets`' niftifolder loader (``<column>_file_name``
+        keys pair the files of a study into columns)."""
+        return []
 
     # ------------------------------------------------------------------------------ phantoms
 

@@ -21,6 +21,7 @@ from ..data.constants import BRAIN_TUMOUR_FOLDER, BRAIN_TUMOUR_LABEL_NAMES, BRAI
 from ..data.nifti_io import encode_nifti, grid_of, nifti_from_bytes, read_array, read_bytes, require_3d
 from ..data.nifti_io import require_finite, require_label_values, same_grid, where
 from ..errors import UserInputError
+from ..files import NIFTI_SUFFIXES
 from ..metrics import brats_metrics
 from .base import StudyFiles, TaskSpec
 from .registry import register_task
@@ -71,6 +72,12 @@ class BrainTumourTask(TaskSpec):
     modalities = BRAIN_TUMOUR_MODALITIES
     label_names = BRAIN_TUMOUR_LABEL_NAMES
     domain, domain_tag = "MRI", "mri"
+    segmentation_name = "3D brain tumour segmentation"
+    metric_labels = {
+        "dice_wt": ("Dice, whole tumour", ""), "dice_tc": ("Dice, tumour core", ""),
+        "dice_et": ("Dice, enhancing tumour", ""), "hd95_wt": ("HD95, whole tumour", "mm"),
+        "hd95_tc": ("HD95, tumour core", "mm"), "hd95_et": ("HD95, enhancing tumour", "mm"),
+    }
     # the paper's two branches, FLAIR and T1Gd, on the T1Gd grid at 1 mm, z-scored
     preprocessing_modalities = ("flair", "t1gd")
     reference_modality = "t1gd"
@@ -160,6 +167,27 @@ class BrainTumourTask(TaskSpec):
             channel = data[..., BRAIN_TUMOUR_MODALITIES.index(name)].astype(np.float32)
             inputs[name] = nib.Nifti1Image(channel, image.affine)
         return inputs
+
+    # ------------------------------------------------------------------------------ Hub dataset repos
+
+    def repo_layout(self, names: Sequence[str]) -> dict | None:
+        labels = sorted(n for n in names if "labelsTr/" in n and n.endswith(NIFTI_SUFFIXES))
+        if not labels or not any(n.endswith("dataset.json") for n in names):
+            return None
+        summary = (
+            "Medical Segmentation Decathlon layout: `dataset.json`, `imagesTr/` (4D images, channel last) and "
+            f"`labelsTr/` with {len(labels)} labelled cases"
+        )
+        return {"summary": summary, "studies": len(labels), "example": labels[0]}
+
+    def repo_study_rows(self, names: set[str]) -> list[dict]:
+        rows = []
+        for label in sorted(n for n in names if n.split("/")[-2:-1] == ["labelsTr"] and n.endswith(NIFTI_SUFFIXES)):
+            image = label.replace("labelsTr/", "imagesTr/")
+            if image in names:
+                case = label.rsplit("/", 1)[-1].split(".nii")[0]
+                rows.append({"case_id": case, "image_file_name": image, "label_file_name": label})
+        return rows
 
     # ------------------------------------------------------------------------------ metrics
 
