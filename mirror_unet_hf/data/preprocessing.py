@@ -177,50 +177,15 @@ def preprocess_study(
     settings = preprocessing_settings(config)
     modalities = settings["modalities"]
     reference = settings["reference_modality"]
-    for name in modalities:
-        if name not in images:
-            raise UserInputError(f"{_study(case_id)}modality {name!r} is missing; expected images for: {', '.join(modalities)}")
-    for name in images:
-        if name not in modalities:
-            raise UserInputError(f"{_study(case_id)}unknown modality {name!r}; accepted: {', '.join(modalities)}")
-
-    volumes = {name: _load_volume(images[name], case_id, name) for name in modalities}
-    reference_grid = volumes[reference][0]
-    channels = []
-    for name in modalities:
-        grid, data = volumes[name]
-        if not same_grid(grid, reference_grid):
-            if not grids_overlap(grid, reference_grid):
-                raise UserInputError(
-                    f"{where(case_id, _describe(images[name], name))}: grid does not overlap the {reference!r} grid "
-                    "in world space; check the affines"
-                )
-            data = resample_onto(data, grid, reference_grid, order=1, cval=float(data.min()))
-        channels.append(data)
-        volumes[name] = None  # free the original as soon as it is on the reference grid
-    stacked = np.stack(channels)
-    del channels
-
+    _check_modality_names(images, modalities, case_id)
+    reference_grid, stacked = _stack_on_reference_grid(images, modalities, reference, case_id)
     label_array = None
     if label is not None:
-        label_grid, label_array = _load_volume(label, case_id, "label")
-        label_names = getattr(config, "label_names", None)
-        require_label_values(label_array, len(label_names) if label_names else None, case_id, _describe(label, "label"))
-        if not same_grid(label_grid, reference_grid):
-            raise UserInputError(
-                f"{where(case_id, _describe(label, 'label'))}: label grid (shape {label_grid.shape}) disagrees with the "
-                f"{reference!r} grid (shape {reference_grid.shape}); expected the same shape and affine"
-            )
+        label_array = _read_label(label, config, reference, reference_grid, case_id)
 
     ornt, oriented = _ras_orientation(reference_grid)
     target, ratio = _target_grid(oriented, settings["target_spacing"])
-    resampled_bytes = math.prod(target.shape) * len(modalities) * 4
-    if resampled_bytes > max_nifti_bytes():
-        raise UserInputError(
-            f"{where(case_id, _describe(images[reference], reference))}: resampling its {reference_grid.shape} voxels of "
-            f"{_mm(reference_grid.spacing)} mm to {_mm(settings['target_spacing'] or reference_grid.spacing)} mm would make a {target.shape} grid "
-            f"({resampled_bytes / 1024**3:.3g} GiB); check the voxel size in the header"
-        )
+    _check_resampled_size(target, len(modalities), reference_grid, settings, _describe(images[reference], reference), case_id)
     stacked = _zoom(_reorient(stacked, ornt), ratio, target.shape, order=1)
     for index, name in enumerate(modalities):
         _normalise_in_place(stacked[index], settings["intensity_windows"].get(name))
@@ -324,6 +289,62 @@ def _describe(source: Any, name: str) -> str:
     file_map = getattr(source, "file_map", None) or {}
     filename = getattr(file_map.get("image"), "filename", None)
     return str(filename) if filename else f"{name} image"
+
+
+def _check_modality_names(images: Mapping[str, NiftiSource], modalities: Sequence[str], case_id: str | None) -> None:
+    for name in modalities:
+        if name not in images:
+            raise UserInputError(f"{_study(case_id)}modality {name!r} is missing; expected images for: {', '.join(modalities)}")
+    for name in images:
+        if name not in modalities:
+            raise UserInputError(f"{_study(case_id)}unknown modality {name!r}; accepted: {', '.join(modalities)}")
+
+
+def _stack_on_reference_grid(
+    images: Mapping[str, NiftiSource], modalities: Sequence[str], reference: str, case_id: str | None
+) -> tuple[Grid, np.ndarray]:
+    """The reference modality's grid and ``(C, X, Y, Z)`` of every modality resampled onto it (through the affines)."""
+    volumes = {name: _load_volume(images[name], case_id, name) for name in modalities}
+    reference_grid = volumes[reference][0]
+    channels = []
+    for name in modalities:
+        grid, data = volumes[name]
+        if not same_grid(grid, reference_grid):
+            if not grids_overlap(grid, reference_grid):
+                raise UserInputError(
+                    f"{where(case_id, _describe(images[name], name))}: grid does not overlap the {reference!r} grid "
+                    "in world space; check the affines"
+                )
+            data = resample_onto(data, grid, reference_grid, order=1, cval=float(data.min()))
+        channels.append(data)
+        volumes[name] = None  # free the original as soon as it is on the reference grid
+    return reference_grid, np.stack(channels)
+
+
+def _read_label(label: NiftiSource, config: Any, reference: str, reference_grid: Grid, case_id: str | None) -> np.ndarray:
+    """The label volume, checked against the config's label map and required on the reference grid."""
+    label_grid, label_array = _load_volume(label, case_id, "label")
+    label_names = getattr(config, "label_names", None)
+    require_label_values(label_array, len(label_names) if label_names else None, case_id, _describe(label, "label"))
+    if not same_grid(label_grid, reference_grid):
+        raise UserInputError(
+            f"{where(case_id, _describe(label, 'label'))}: label grid (shape {label_grid.shape}) disagrees with the "
+            f"{reference!r} grid (shape {reference_grid.shape}); expected the same shape and affine"
+        )
+    return label_array
+
+
+def _check_resampled_size(
+    target: Grid, channels: int, reference_grid: Grid, settings: dict, described: str, case_id: str | None
+) -> None:
+    """Refuse a resampling whose result would exceed the NIfTI size limit (a wrong voxel size in a header)."""
+    resampled_bytes = math.prod(target.shape) * channels * 4
+    if resampled_bytes > max_nifti_bytes():
+        raise UserInputError(
+            f"{where(case_id, described)}: resampling its {reference_grid.shape} voxels of "
+            f"{_mm(reference_grid.spacing)} mm to {_mm(settings['target_spacing'] or reference_grid.spacing)} mm would "
+            f"make a {target.shape} grid ({resampled_bytes / 1024**3:.3g} GiB); check the voxel size in the header"
+        )
 
 
 def _load_volume(source: NiftiSource, case_id: str | None, name: str) -> tuple[Grid, np.ndarray]:
