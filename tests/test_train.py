@@ -179,33 +179,64 @@ def test_non_empty_output_dir_is_not_overwritten(phantom_dir, tmp_path):
     assert (out / "keep.txt").read_text() == "precious" and len(list(out.iterdir())) == 1
 
 
+def test_checkpointer_lists_only_complete_checkpoints_rotates_by_step_and_resumes(tmp_path):
+    from accelerate import Accelerator
+
+    from mirror_unet_hf.errors import UserInputError
+    from mirror_unet_hf.training import Checkpointer, TrainerState
+
+    out = tmp_path / "run"
+    checkpointer = Checkpointer(out, total_limit=2)
+    assert checkpointer.checkpoints() == [] and checkpointer.resolve("latest") is None
+    accelerator = Accelerator(cpu=True)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    out.mkdir()
+    state = TrainerState()
+    for step in (2, 10, 9):  # step_10 is newer than step_9 although it sorts first as text
+        state.step = step
+        optimizer.step()
+        scheduler.step()
+        checkpointer.save(accelerator, state, scheduler)
+    (checkpointer.folder / ".step_11.tmp").mkdir()  # a half-written checkpoint is never listed
+    assert [p.name for p in checkpointer.checkpoints()] == ["step_9", "step_10"]
+    latest = checkpointer.resolve("latest")
+    assert latest.name == "step_10"
+    assert not [p for p in latest.iterdir() if "scheduler" in p.name]  # its state is JSON, never a pickle
+    fresh = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    resumed = checkpointer.load(accelerator, latest, fresh)
+    assert (resumed.step, fresh.last_epoch) == (10, 2)
+    with pytest.raises(UserInputError, match="not a checkpoint"):
+        checkpointer.resolve(str(out))
+    (out / "keep.txt").write_text("mine")
+    (out / "trainer_state.json").write_text("{}")
+    checkpointer.clear_previous_run()
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
 def test_yaml_config_sets_flags_and_command_line_wins(tmp_path):
-    sys.path.insert(0, str(ROOT / "train"))
-    try:
-        import train as train_script
-    finally:
-        sys.path.pop(0)
+    from mirror_unet_hf.training import parse_args
+
     config = tmp_path / "c.yaml"
     config.write_text("preset: autopet-v1\nmax_steps: 7\nmodel_overrides: {norm: instance}\n")
-    args = train_script.parse_args(["--config", str(config), "--max_steps", "9"])
+    args = parse_args(["--config", str(config), "--max_steps", "9"])
     assert (args.preset, args.max_steps, json.loads(args.model_overrides)) == ("autopet-v1", 9, {"norm": "instance"})
     config.write_text("max_step: 7\n")
     with pytest.raises(ValueError, match="unknown setting\\(s\\) max_step"):
-        train_script.parse_args(["--config", str(config)])
+        parse_args(["--config", str(config)])
 
 
 def test_every_shipped_config_parses_and_builds_its_model_config():
-    sys.path.insert(0, str(ROOT / "train"))
-    try:
-        import train as train_script
-    finally:
-        sys.path.pop(0)
+    from mirror_unet_hf.training import build_config, check_args, parse_args
+
     configs = sorted((ROOT / "train" / "configs").glob("*.yaml"))
     assert {"phantoms-cpu.yaml", "autopet-v1.yaml", "autopet-v3.yaml", "brats-v1.yaml", "brats-v2-rec.yaml"} <= {c.name for c in configs}
     for path in configs:
-        args = train_script.parse_args(["--config", str(path)])
-        train_script.check_args(args)
-        config = train_script.build_config(args)
+        args = parse_args(["--config", str(path)])
+        check_args(args)
+        config = build_config(args)
         assert config.preset == args.preset
 
 

@@ -1,0 +1,16 @@
+"""The machinery of `train/train.py`, importable: the script reads as arguments → Accelerator → data →
+prepare → loop → validation → checkpoints → export, and these modules hold the pieces.
+
+- ``arguments``: ``TrainingArguments`` (every flag), ``parse_args`` (with ``--config FILE.yaml``),
+  ``check_args``, ``build_config``
+- ``data``: ``training_data`` (phantoms generated when there is no data folder), ``patch_loader``
+- ``loop``: ``make_optimizer``, ``make_scheduler``, ``epoch_batches``, ``fission_only_loss``, ``LossWindow``,
+  ``Evaluator``
+- ``checkpointing``: ``TrainerState`` and ``Checkpointer`` (atomic ``save_state`` checkpoints, resume, rotation)
+- ``export``: ``Exporter`` (``best/`` and ``final/`` with ``metrics.json`` / ``training_args.json``, push)
+"""
+
+from .arguments import TrainingArguments, build_config, check_args, parse_args
+from .checkpointing import Checkpointer, TrainerState
+
+__all__ = ["Checkpointer", "TrainerState", "TrainingArguments", "build_config", "check_args", "parse_args"]

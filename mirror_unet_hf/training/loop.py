@@ -1,0 +1,108 @@
+"""Pieces of the training loop of `train/train.py`: optimizer and LR schedule, the data stream of an epoch
+(resumable mid-epoch), the Fission-only loss, loss logging windows and whole-volume validation on all
+processes."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from accelerate.utils import gather_object
+
+from ..sliding_window import SlidingWindowSettings
+from ..validation import selection_score, summarise, validate
+from .arguments import TrainingArguments
+from .checkpointing import TrainerState
+
+
+def make_optimizer(args: TrainingArguments, parameters) -> torch.optim.Optimizer:
+    """Adam (the paper's), AdamW, or SGD with Nesterov momentum 0.99 (nnU-Net's)."""
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(
+            parameters, lr=args.learning_rate, momentum=0.99, nesterov=True, weight_decay=args.weight_decay
+        )
+    kind = torch.optim.AdamW if args.optimizer == "adamw" else torch.optim.Adam
+    return kind(parameters, lr=args.learning_rate, weight_decay=args.weight_decay)
+
+
+def make_scheduler(args: TrainingArguments, optimizer) -> torch.optim.lr_scheduler.StepLR:
+    """Step decay counted in optimizer updates; by default at 5/8 of the run (the paper: epoch 250 of 400)."""
+    decay_every = args.lr_decay_every or max(1, round(args.max_steps * 250 / 400))
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=decay_every, gamma=args.lr_decay_factor)
+
+
+def is_due(step: int, every: int, max_steps: int) -> bool:
+    """Whether a periodic action (logging, validation, checkpoint) runs after update `step`: every `every`
+    updates and after the last one."""
+    return step % every == 0 or step == max_steps
+
+
+def epoch_batches(accelerator, loader, train_set, state: TrainerState):
+    """The prepared loader for `state.epoch`, past the batches of it already seen (a resumed run)."""
+    batches = loader
+    if state.batches_in_epoch:
+        batches = accelerator.skip_first_batches(loader, state.batches_in_epoch)
+    # Accelerate's loaders call dataset.set_epoch(<times this loader object was iterated>) when iterated:
+    # set that counter, or a resumed run (a fresh loader) would replay epoch 0's patches.
+    batches.set_epoch(state.epoch)
+    train_set.set_epoch(state.epoch)
+    return batches
+
+
+def fission_only_loss(out, config, step: int, seed: int):
+    """Valindria et al.: one branch, chosen by (seed, step) identically on every process, is trained;
+    the other terms enter with weight 0 so every parameter takes part in the backward pass."""
+    trainable = [b for b in config.branches if b["task"] != "none"]
+    generator = torch.Generator().manual_seed(seed * 100003 + step)
+    chosen = trainable[int(torch.randint(len(trainable), (1,), generator=generator))]
+    key = f"{chosen['name']}/{chosen['task']}"
+    weight = config.lambda_seg if chosen["task"] == "segmentation" else config.lambda_rec
+    return weight * out.loss_terms[key] + 0.0 * out.loss
+
+
+class LossWindow:
+    """Mean training loss and update rate since the last log line."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.started, self.total, self.steps = time.perf_counter(), 0.0, 0
+
+    def add(self, loss: float) -> None:
+        self.total += loss
+        self.steps += 1
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.steps
+
+    @property
+    def rate(self) -> float:
+        """Updates per second."""
+        return self.steps / (time.perf_counter() - self.started)
+
+
+class Evaluator:
+    """Whole-volume validation of the validation studies, split between the processes and gathered, with the
+    sliding window of `predict`."""
+
+    def __init__(self, accelerator, studies, task: str, settings: SlidingWindowSettings):
+        self.accelerator = accelerator
+        self.studies = studies
+        self.task = task
+        self.settings = settings
+
+    def __call__(self, model) -> dict:
+        """Summary metrics over all validation studies (every process gets them); leaves `model` in train mode."""
+        model.eval()
+        bare = self.accelerator.unwrap_model(model)
+        with self.accelerator.split_between_processes(list(range(len(self.studies)))) as mine:
+            rows = validate(bare, (self.studies[i] for i in mine), self.task, self.settings)
+        rows = gather_object(rows)
+        model.train()
+        return summarise(sorted(rows, key=lambda r: r["case_id"]))
+
+    def score(self, metrics: dict) -> float:
+        """The number that picks `best/` (higher is better)."""
+        return selection_score(metrics, self.task)
