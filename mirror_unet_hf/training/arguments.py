@@ -18,6 +18,7 @@ from transformers import HfArgumentParser
 
 from ..configuration_mirror_unet import MirrorUNetConfig
 from ..errors import CONFIG_ERRORS, UserInputError, one_line
+from ..tasks import get_task, task_names
 
 
 @dataclass
@@ -32,7 +33,7 @@ class TrainingArguments:
             '\'{"channels": [8, 16, 32, 64, 128], "norm": "instance"}\''
         },
     )
-    dataset: str = field(default="autopet", metadata={"help": "autopet or brain_tumour"})
+    dataset: str = field(default="autopet", metadata={"help": "autopet or brain_tumour (a task name: mirror_unet_hf.tasks)"})
     data_dir: str | None = field(
         default=None,
         metadata={"help": "dataset folder (AutoPET / MSD layout); empty = generate phantoms into --phantom_dir"},
@@ -167,8 +168,8 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
 
 def check_args(args: TrainingArguments) -> None:
     """The checks of single flags and of flag combinations that need neither data nor model."""
-    if args.dataset not in ("autopet", "brain_tumour"):
-        raise UserInputError(f"--dataset {args.dataset!r}; expected autopet or brain_tumour")
+    if args.dataset not in task_names():
+        raise UserInputError(f"--dataset {args.dataset!r}; expected {' or '.join(task_names())}")
     if args.mixed_precision not in ("no", "bf16", "fp16"):
         raise UserInputError(f"--mixed_precision {args.mixed_precision!r}; expected no, bf16 or fp16")
     positive = (
@@ -217,8 +218,7 @@ def build_config(args: TrainingArguments) -> MirrorUNetConfig:
         config = MirrorUNetConfig.from_preset(args.preset, **config_overrides(args))
     except (ValueError, *CONFIG_ERRORS) as error:  # unknown preset, or a config validator naming the bad value
         raise UserInputError(one_line(error)) from None
-    expected = {"autopet": {"ct", "pet"}, "brain_tumour": {"flair", "t1w", "t1gd", "t2w"}}[args.dataset]
-    if not set(config.modalities) <= expected:
+    if not set(config.modalities) <= set(get_task(args.dataset).modalities):
         raise UserInputError(
             f"--preset {args.preset} reads {', '.join(config.modalities)}, "
             f"which the {args.dataset} dataset does not have"

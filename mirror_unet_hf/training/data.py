@@ -11,6 +11,7 @@ from ..data import MirrorPatchDataset, load_mirror_dataset, make_phantoms
 from ..data.builder import find_dataset_root
 from ..data.phantoms import is_phantom_dataset
 from ..errors import UserInputError
+from ..tasks import get_task
 from .arguments import TrainingArguments
 
 
@@ -26,8 +27,7 @@ def ensure_phantoms(args: TrainingArguments, accelerator) -> str:
     """Generate the phantoms on the main process if they are not there yet; every process waits for them."""
     data_dir = phantom_data_dir(args)
     layout = args.dataset
-    folder = "FDG-PET-CT-Lesions" if layout == "autopet" else "Task01_BrainTumour"
-    if accelerator.is_main_process and not (Path(data_dir) / folder).exists():
+    if accelerator.is_main_process and not (Path(data_dir) / get_task(layout).folder).exists():
         accelerator.print(f"Generating {args.phantom_count} {layout} phantoms in {data_dir}")
         make_phantoms(layout, data_dir, args.phantom_count, args.phantom_seed, shape=args.phantom_shape)
     accelerator.wait_for_everyone()

@@ -8,7 +8,8 @@ import dataclasses
 import shutil
 from pathlib import Path
 
-from ..files import atomic_write_json, replace_folder
+from ..files import replace_folder
+from ..hub.checkpoint_files import write_metrics, write_training_args
 from .arguments import TrainingArguments
 
 
@@ -28,11 +29,11 @@ def training_run_info(args: TrainingArguments, accelerator, dataset, data_dir: s
 def write_run_files(folder: Path, run_info: dict, metrics: dict | None, step: int) -> None:
     """`training_args.json` and, when the run was validated, `metrics.json` (the format `push` and the model
     card read: task, dataset, split, number of studies, step, and the summary metrics)."""
-    atomic_write_json(folder / "training_args.json", run_info)
+    write_training_args(folder, run_info)
     if metrics is None:
         return
     task = run_info["dataset"]
-    atomic_write_json(folder / "metrics.json", {
+    write_metrics(folder, {
         "task": task,
         "dataset": f"{task}-phantoms" if run_info["phantoms"] else task,
         "split": f"validation (fold {run_info['fold']} of {run_info['num_folds']})",
