@@ -7,13 +7,17 @@ get an explicit task (segmentation, reconstruction, classification). Everything 
 `MirrorUNetConfig`.
 
 Read top to bottom: building blocks, the encoder/decoder levels, the heads, the losses, the
-pretrained base class, then `MirrorUNetModel`. Self-contained (torch + transformers + the
-configuration file) so that it can travel as Hub remote code.
+pretrained base class, then `MirrorUNetModel`. Module classes are prefixed `MirrorUNet` as in
+transformers; their attribute names are the state-dict keys, which saved checkpoints depend on.
+Self-contained (torch + transformers + the configuration file) so that it can travel as Hub remote
+code.
 """
 
 from __future__ import annotations
 
 import copy
+import difflib
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -24,6 +28,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_mirror_unet import MirrorUNetConfig
 
@@ -49,7 +54,7 @@ def make_act(config: MirrorUNetConfig) -> nn.Module:
     }[config.act]()
 
 
-class ConvNormAct(nn.Sequential):
+class MirrorUNetConvNormAct(nn.Sequential):
     """Conv3d (or ConvTranspose3d) → norm → dropout → activation; `conv_only` keeps just the convolution."""
 
     def __init__(self, config, in_channels, out_channels, kernel_size, stride=1, transposed=False, conv_only=False):
@@ -70,8 +75,8 @@ class ConvNormAct(nn.Sequential):
         super().__init__(*layers)
 
 
-class ResidualUnit(nn.Module):
-    """`subunits` × ConvNormAct (the first one strided) plus a residual path.
+class MirrorUNetResidualUnit(nn.Module):
+    """`subunits` × MirrorUNetConvNormAct (the first one strided) plus a residual path.
 
     The residual path is a strided k×k×k convolution when the unit down-samples, a 1×1×1
     convolution when only the width changes, and the identity otherwise.
@@ -83,7 +88,7 @@ class ResidualUnit(nn.Module):
         units = []
         for i in range(subunits):
             units.append(
-                ConvNormAct(
+                MirrorUNetConvNormAct(
                     config,
                     in_channels if i == 0 else out_channels,
                     out_channels,
@@ -113,37 +118,41 @@ class ResidualUnit(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
-class EncoderLevel(GradientCheckpointingLayer):
+class MirrorUNetEncoderLevel(GradientCheckpointingLayer):
     """One down-sampling residual unit."""
 
     def __init__(self, config, in_channels, out_channels, stride):
         super().__init__()
-        self.unit = ResidualUnit(config, in_channels, out_channels, stride, subunits=config.num_res_units)
+        self.unit = MirrorUNetResidualUnit(config, in_channels, out_channels, stride, subunits=config.num_res_units)
 
     def forward(self, x):
         return self.unit(x)
 
 
-class Bottleneck(GradientCheckpointingLayer):
+class MirrorUNetBottleneck(GradientCheckpointingLayer):
     """The deepest residual unit (stride 1). Shared by all branches by default: the same weights
     are applied to each branch's deepest encoder features, giving one bottleneck tensor per branch."""
 
     def __init__(self, config):
         super().__init__()
-        self.unit = ResidualUnit(config, config.channels[-2], config.channels[-1], 1, subunits=config.num_res_units)
+        self.unit = MirrorUNetResidualUnit(
+            config, config.channels[-2], config.channels[-1], 1, subunits=config.num_res_units
+        )
 
     def forward(self, x):
         return self.unit(x)
 
 
-class DecoderLevel(GradientCheckpointingLayer):
+class MirrorUNetDecoderLevel(GradientCheckpointingLayer):
     """Concatenate skip and deeper features → transposed conv (up-sample) → one-sub-unit residual unit.
     The output level emits raw values (no norm or activation after its last convolution)."""
 
     def __init__(self, config, in_channels, out_channels, stride, is_output):
         super().__init__()
-        self.up = ConvNormAct(config, in_channels, out_channels, config.up_kernel_size, stride, transposed=True)
-        self.unit = ResidualUnit(config, out_channels, out_channels, 1, subunits=1, last_conv_only=is_output)
+        self.up = MirrorUNetConvNormAct(
+            config, in_channels, out_channels, config.up_kernel_size, stride, transposed=True
+        )
+        self.unit = MirrorUNetResidualUnit(config, out_channels, out_channels, 1, subunits=1, last_conv_only=is_output)
 
     def forward(self, skip, deeper):
         return self.unit(self.up(torch.cat([skip, deeper], dim=1)))
@@ -171,12 +180,12 @@ def make_level(config: MirrorUNetConfig, layer: str, branch: dict) -> nn.Module:
     """Build the level named `layer` ("encoder.<k>", "bottleneck" or "decoder.<k>") for `branch`."""
     kind, _, index = layer.partition(".")
     if kind == "bottleneck":
-        return Bottleneck(config)
+        return MirrorUNetBottleneck(config)
     if kind == "encoder":
         cin, cout, s = encoder_widths(config, len(branch["inputs"]))[int(index)]
-        return EncoderLevel(config, cin, cout, s)
+        return MirrorUNetEncoderLevel(config, cin, cout, s)
     cin, cout, s = decoder_widths(config, config.branch_out_channels(branch))[int(index)]
-    return DecoderLevel(config, cin, cout, s, is_output=int(index) == len(config.strides) - 1)
+    return MirrorUNetDecoderLevel(config, cin, cout, s, is_output=int(index) == len(config.strides) - 1)
 
 
 def module_key(layer: str) -> str:
@@ -228,7 +237,7 @@ class MirrorUNetBranch(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
-class BottleneckDecoder(nn.Module):
+class MirrorUNetBottleneckDecoder(nn.Module):
     """Decoder without skips on the concatenated bottleneck tensors of all branches
     (N × 256 → 64 → 32 → 16 → out with the default widths); the last block emits raw values."""
 
@@ -238,7 +247,7 @@ class BottleneckDecoder(nn.Module):
         widths = [len(config.branches) * c[-1]] + [c[k - 1] for k in range(levels - 1, 0, -1)] + [out_channels]
         self.blocks = nn.Sequential(
             *[
-                ConvNormAct(
+                MirrorUNetConvNormAct(
                     config, widths[i], widths[i + 1], config.up_kernel_size, config.strides[levels - 1 - i],
                     transposed=True, conv_only=i == levels - 1,
                 )
@@ -250,7 +259,7 @@ class BottleneckDecoder(nn.Module):
         return self.blocks(torch.cat(bottlenecks, dim=1))
 
 
-class ClassificationHead(nn.Module):
+class MirrorUNetClassificationHead(nn.Module):
     """Global average pooling of one branch's bottleneck → Linear → ReLU → Dropout → Linear.
 
     Pooling (instead of the official code's flatten of a 1-channel 6×6×6 map) makes the head
@@ -343,6 +352,27 @@ class MirrorUNetOutput(ModelOutput):
 PARTS = ("logits", "branches", "bottleneck_decoder", "classification")
 
 
+def reject_unknown_kwargs(method, kwargs: dict) -> None:
+    """Raise `TypeError` for keyword arguments that `method` does not take, listing the ones it does.
+
+    `forward` keeps `**kwargs` only to name a typo (`label=` for `labels=`) instead of ignoring it.
+    `return_dict` is listed too: `can_return_tuple` takes it before `method` sees the call.
+    """
+    if not kwargs:
+        return
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    parameters = inspect.signature(method).parameters.values()
+    accepted = [p.name for p in parameters if p.name != "self" and p.kind not in variadic] + ["return_dict"]
+    unknown = list(kwargs)
+    what = "an unexpected keyword argument" if len(unknown) == 1 else "unexpected keyword arguments"
+    close = {name: difflib.get_close_matches(name, accepted, n=1) for name in unknown}
+    hints = [repr(m[0]) if len(unknown) == 1 else f"{m[0]!r} for {name!r}" for name, m in close.items() if m]
+    raise TypeError(
+        f"{method.__qualname__}() got {what} {', '.join(map(repr, unknown))}; expected one of: {', '.join(accepted)}"
+        + (f" (did you mean {', '.join(hints)}?)" if hints else "")
+    )
+
+
 class MirrorUNetPreTrainedModel(PreTrainedModel):
     config_class = MirrorUNetConfig
     config: MirrorUNetConfig
@@ -350,7 +380,9 @@ class MirrorUNetPreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
-    _no_split_modules = ["EncoderLevel", "Bottleneck", "DecoderLevel"]
+    # The loss is a per-batch mean, so Trainer must not hand `forward` a `num_items_in_batch` to normalise by.
+    accepts_loss_kwargs = False
+    _no_split_modules = ["MirrorUNetEncoderLevel", "MirrorUNetBottleneck", "MirrorUNetDecoderLevel"]
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -411,8 +443,8 @@ class MirrorUNetModel(MirrorUNetPreTrainedModel):
         if config.bottleneck_decoder is not None:
             d = config.bottleneck_decoder
             out = len(d["classes"]) + 1 if d["task"] == "segmentation" else len(d["targets"])
-            self.bottleneck_decoder = BottleneckDecoder(config, out)
-        self.classification_head = ClassificationHead(config) if config.classification_head else None
+            self.bottleneck_decoder = MirrorUNetBottleneckDecoder(config, out)
+        self.classification_head = MirrorUNetClassificationHead(config) if config.classification_head else None
         self.fusion_weights = None
         if config.final_mask_rule == "mean_logits" and config.learnable_fusion_weights:
             self.fusion_weights = nn.Parameter(torch.tensor(config.fusion_weights, dtype=torch.float32))
@@ -501,12 +533,13 @@ class MirrorUNetModel(MirrorUNetPreTrainedModel):
 
     # ------------------------------------------------------------------ forward
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         labels: torch.LongTensor | None = None,
         class_labels: torch.LongTensor | None = None,
-        return_dict: bool | None = None,
+        *,
         parts: tuple[str, ...] | list[str] | None = None,
         **kwargs,
     ) -> MirrorUNetOutput | tuple:
@@ -522,7 +555,13 @@ class MirrorUNetModel(MirrorUNetPreTrainedModel):
             `"classification"` (default: all). With `["logits"]` only the final-mask branches run —
             branches meet only at the bottleneck, so the others cannot change the final mask. Inference
             uses this; training (with `labels`) always computes everything.
+        return_dict (`bool`, *optional*):
+            `False` returns `MirrorUNetOutput.to_tuple()` (the fields that are not `None`, in order);
+            default `config.return_dict`. Handled by `can_return_tuple`.
+
+        Any other keyword argument raises `TypeError` rather than being ignored.
         """
+        reject_unknown_kwargs(MirrorUNetModel.forward, kwargs)
         config = self.config
         self._check_inputs(pixel_values, labels, class_labels)
         parts = set(PARTS if parts is None or labels is not None else parts)
@@ -563,7 +602,7 @@ class MirrorUNetModel(MirrorUNetPreTrainedModel):
         if labels is not None:
             loss, terms = self._loss(pixel_values, labels, class_labels, branch_outputs, bottleneck_out, cls_logits)
 
-        output = MirrorUNetOutput(
+        return MirrorUNetOutput(
             loss=loss,
             logits=logits,
             branch_outputs=branch_outputs,
@@ -571,7 +610,6 @@ class MirrorUNetModel(MirrorUNetPreTrainedModel):
             classification_logits=cls_logits,
             loss_terms=terms,
         )
-        return output if (return_dict if return_dict is not None else config.return_dict) else output.to_tuple()
 
     def _loss(self, pixel_values, labels, class_labels, branch_outputs, bottleneck_out, cls_logits):
         config = self.config
@@ -636,7 +674,7 @@ def fold_batch_norm(model: nn.Module) -> nn.Module:
     """
     folded = copy.deepcopy(model).eval()
     for module in folded.modules():
-        if not isinstance(module, ConvNormAct) or len(module) < 2:
+        if not isinstance(module, MirrorUNetConvNormAct) or len(module) < 2:
             continue
         conv, norm = module[0], module[1]
         if not isinstance(norm, nn.BatchNorm3d) or norm.running_mean is None:
