@@ -211,7 +211,9 @@ def _checked_precision(model, settings: SlidingWindowSettings, device: torch.dev
     if precision == "fp32" and on_device is not None and on_device != device and not (
         on_device.type == device.type == "cuda" and device.index is None
     ):
-        raise UserInputError(f"the model is on {on_device} but the device asked for is {device}; move it with model.to({str(device)!r})")
+        raise UserInputError(
+            f"the model is on {on_device} but the device asked for is {device}; move it with model.to({str(device)!r})"
+        )
     return precision
 
 

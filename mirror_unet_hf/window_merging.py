@@ -62,8 +62,8 @@ class WindowGrid:
             steps = list(itertools.pairwise(starts))
             if not starts or starts[0] != 0 or starts[-1] + w != size or any(not 0 < b - a <= w for a, b in steps):
                 raise ValueError(
-                    f"axis {axis}: window starts {list(starts)} do not tile {size} voxels with windows of {w}; expected "
-                    f"increasing starts from 0, steps of at most {w}, and the last window ending at {size}"
+                    f"axis {axis}: window starts {list(starts)} do not tile {size} voxels with windows of {w}; "
+                    f"expected increasing starts from 0, steps of at most {w}, and the last window ending at {size}"
                 )
 
     @property
@@ -89,7 +89,8 @@ class WindowGrid:
                 axis[s : s + w] += 1.0
             counts.append(axis[:n])
         ndim = len(counts)
-        return reduce(np.multiply, [c.reshape([-1 if i == axis else 1 for i in range(ndim)]) for axis, c in enumerate(counts)])
+        along_axes = [c.reshape([-1 if i == axis else 1 for i in range(ndim)]) for axis, c in enumerate(counts)]
+        return reduce(np.multiply, along_axes)
 
 
 class WindowMerger:
@@ -188,14 +189,18 @@ class WindowMerger:
         """The array to add for output `key`: checked against the window, reduced to the margin if sign-only."""
         if value.ndim != len(self.grid.window) + 1 or tuple(value.shape[1:]) != tuple(self.grid.window):
             raise ValueError(
-                f"output {key!r} of a window has shape {tuple(value.shape)}; expected (channels, {', '.join(map(str, self.grid.window))})"
+                f"output {key!r} of a window has shape {tuple(value.shape)}; "
+                f"expected (channels, {', '.join(map(str, self.grid.window))})"
             )
         if key in self.sign_only:
             if value.shape[0] != 2:
-                raise ValueError(f"sign-only output {key!r} has {value.shape[0]} channels; expected 2 (two-class logits)")
+                raise ValueError(
+                    f"sign-only output {key!r} has {value.shape[0]} channels; expected 2 (two-class logits)"
+                )
             value = (value[1] - value[0])[None]
         if key in self._sums and self._sums[key].shape[0] != value.shape[0]:
             raise ValueError(
-                f"output {key!r} has {value.shape[0]} channels in this window and {self._sums[key].shape[0]} in earlier ones"
+                f"output {key!r} has {value.shape[0]} channels in this window "
+                f"and {self._sums[key].shape[0]} in earlier ones"
             )
         return value
