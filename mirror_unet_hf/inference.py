@@ -17,13 +17,13 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from .data.constants import AUTOPET_LABEL_FILE
 from .data.nifti_io import NiftiSource, load_nifti
 from .data.preprocessing import PreprocessedStudy, preprocess_study
 from .errors import UserInputError
 from .files import NIFTI_SUFFIXES, is_pickle_file
 from .sliding_window import SlidingWindowSettings, sliding_window_predict
 from .tasks import list_tasks
+
 
 def load_model(model: str | Path, device: str = "cpu"):
     """Load a Mirror U-Net from a `save_pretrained` folder or a Hub id, safetensors weights only.
@@ -83,16 +83,6 @@ def study_inputs(study: str | Path, modalities: list[str]) -> dict[str, NiftiSou
             )
         inputs[name] = found
     return inputs
-
-
-def study_label(study: str | Path) -> Path | None:
-    """The ground-truth file beside a study, where the dataset layout has one (AutoPET `SEG.nii.gz`,
-    MSD `labelsTr/<case>.nii.gz`)."""
-    study = Path(study)
-    if study.is_dir():
-        return study / AUTOPET_LABEL_FILE if (study / AUTOPET_LABEL_FILE).is_file() else None
-    candidate = study.parent.parent / "labelsTr" / study.name
-    return candidate if study.parent.name == "imagesTr" and candidate.is_file() else None
 
 
 @dataclass

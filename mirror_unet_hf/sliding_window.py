@@ -1,8 +1,9 @@
 """Sliding-window inference of a Mirror U-Net over a whole preprocessed volume.
 
-Windows are run in batches and their outputs blended into preallocated CPU buffers, so memory is
-bounded by the output volume, never by the number of windows. Used by `predict`, by training-time
-validation and by the demo (one implementation for all three).
+Windows are planned on a regular grid (`plan_windows`), run in batches, and their outputs blended on
+the CPU by a `WindowMerger` (`mirror_unet_hf.window_merging`), so memory is bounded by the output
+volume, never by the number of windows. Used by `predict`, by training-time validation and by the demo
+(one implementation for all three).
 
 How it runs (measured on a 2-core AVX-512-bf16 CPU, see `benchmarks/bench_inference.py`):
 
@@ -32,8 +33,8 @@ import numpy as np
 import torch
 
 from .errors import UserInputError
+from .window_merging import BLENDS, WindowGrid, WindowMerger
 
-BLENDS = ("constant", "gaussian")
 PRECISIONS = ("fp32", "bf16", "auto")
 
 
@@ -117,15 +118,6 @@ def window_starts(size: int, window: int, overlap: float) -> list[int]:
     return starts
 
 
-def gaussian_weights(window: tuple[int, int, int], sigma_scale: float = 0.125) -> torch.Tensor:
-    axes = []
-    for w in window:
-        x = torch.arange(w, dtype=torch.float32) - (w - 1) / 2.0
-        axes.append(torch.exp(-0.5 * (x / (sigma_scale * w)) ** 2))
-    weights = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
-    return (weights / weights.max()).clamp_min(1e-3)
-
-
 def effective_window(model, shape: tuple[int, int, int], settings: SlidingWindowSettings) -> tuple[int, ...]:
     """The window per axis: the requested one, not larger than the volume rounded up to the stride."""
     stride = model.config.total_stride
@@ -191,11 +183,140 @@ class SlidingWindowResult:
     window_batch: int = 1
 
 
-def _axis_counts(size: int, window: int, starts: list[int]) -> np.ndarray:
-    counts = np.zeros(size, dtype=np.float32)
-    for s in starts:
-        counts[s : s + window] += 1.0
-    return counts
+def plan_windows(model, shape: tuple[int, int, int], settings: SlidingWindowSettings) -> WindowGrid:
+    """Where the windows over a volume of `shape` lie: `effective_window` steps of `settings.overlap`
+    on every axis (over the volume zero-padded to the window where it is smaller)."""
+    window = effective_window(model, shape, settings)
+    padded = tuple(max(s, w) for s, w in zip(shape, window))
+    axis_starts = tuple(tuple(window_starts(s, w, settings.overlap)) for s, w in zip(padded, window))
+    return WindowGrid(shape=tuple(shape), window=window, axis_starts=axis_starts)
+
+
+def _checked_volume(model, volume: torch.Tensor | np.ndarray) -> torch.Tensor:
+    volume = torch.as_tensor(volume, dtype=torch.float32)
+    if volume.ndim != 4 or volume.shape[0] != len(model.config.modalities):
+        raise UserInputError(
+            f"volume has shape {tuple(volume.shape)}; expected (M, X, Y, Z) with M = {len(model.config.modalities)} "
+            f"({', '.join(model.config.modalities)})"
+        )
+    return volume
+
+
+def _checked_precision(model, settings: SlidingWindowSettings, device: torch.device) -> str:
+    """The resolved precision, once the device is known to exist and to hold the model where fp32 runs it as it is."""
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserInputError(f"device {settings.device!r} asked for, but this torch build sees no CUDA GPU")
+    on_device = _model_device(model)
+    precision = resolve_precision(settings.precision, device)
+    if precision == "fp32" and on_device is not None and on_device != device and not (
+        on_device.type == device.type == "cuda" and device.index is None
+    ):
+        raise UserInputError(
+            f"the model is on {on_device} but the device asked for is {device}; move it with model.to({str(device)!r})"
+        )
+    return precision
+
+
+def _pad_to(volume: torch.Tensor, padded: tuple[int, ...]) -> torch.Tensor:
+    shape = tuple(volume.shape[1:])
+    if padded == shape:
+        return volume
+    # pad at the far end with zeros (the normalised value of air / background)
+    pad = [p for s, q in zip(reversed(shape), reversed(padded)) for p in (0, q - s)]
+    return torch.nn.functional.pad(volume, pad)
+
+
+@dataclass
+class _WindowRunner:
+    """One forward pass over a batch of windows, giving float32 numpy outputs by name (runs in worker threads)."""
+
+    net: torch.nn.Module
+    volume: torch.Tensor
+    grid: WindowGrid
+    device: torch.device
+    precision: str
+    parts: tuple[str, ...]
+
+    def __call__(self, corners: list[tuple[int, ...]]) -> dict[str, np.ndarray]:
+        batch = torch.stack([self.volume[(slice(None), *self.grid.region(corner))] for corner in corners])
+        bf16 = self.precision == "bf16"
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        with torch.inference_mode(), autocast:
+            batch = batch.to(self.device)
+            if bf16:
+                batch = batch.contiguous(memory_format=torch.channels_last_3d)
+            out = self.net(batch, parts=list(self.parts))
+            outputs = {}
+            if out.logits is not None:
+                outputs["logits"] = out.logits
+            if "branches" in self.parts:
+                for name, value in out.branch_outputs.items():
+                    outputs[f"branch/{name}"] = value
+            if out.bottleneck_decoder_output is not None:
+                outputs["bottleneck_decoder"] = out.bottleneck_decoder_output
+            if out.classification_logits is not None:
+                outputs["classification"] = out.classification_logits
+            return {key: value.float().contiguous().cpu().numpy() for key, value in outputs.items()}
+
+
+def _run_batches(run, batches: list, consume, workers: int, intra_threads: int, set_threads: bool) -> None:
+    """`consume(batch, run(batch))` for every batch, in order; with `workers > 1` the runs overlap in threads.
+
+    `set_threads`: one worker sets torch's intra-op threads to `intra_threads` too. The process-wide
+    thread count is restored afterwards (worker threads change the default for new threads).
+    """
+    previous_threads = torch.get_num_threads()
+    try:
+        if workers > 1:
+            _run_in_pool(run, batches, consume, workers, intra_threads)
+        else:
+            if set_threads:
+                torch.set_num_threads(intra_threads)
+            for batch in batches:
+                consume(batch, run(batch))
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run_in_pool(run, batches: list, consume, workers: int, intra_threads: int) -> None:
+    """Keeps `2 * workers` batches in flight and consumes their results in submission order, so that
+    the blended sums do not depend on timing."""
+    pool = ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(intra_threads,))
+    try:
+        queue = iter(batches)
+        pending = deque((batch, pool.submit(run, batch)) for batch in itertools.islice(queue, 2 * workers))
+        while pending:
+            batch, future = pending.popleft()
+            outputs = future.result()
+            following = next(queue, None)
+            if following is not None:
+                pending.append((following, pool.submit(run, following)))
+            consume(batch, outputs)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _study_classification(model, window_logits: list[torch.Tensor]) -> np.ndarray | None:
+    """Lesion presence: the most confident window (a study holds a lesion when any window does);
+    a diagnosis: the mean of the windows' class probabilities."""
+    if not window_logits:
+        return None
+    logits = torch.cat(window_logits)
+    if model.config.classification_head["task"] == "lesion_presence":
+        return logits.sigmoid().max(dim=0).values.numpy()
+    return logits.softmax(dim=1).mean(dim=0).numpy()
+
+
+def _labels(model, logits: np.ndarray, margin_only: bool) -> np.ndarray:
+    """The label mask of blended final logits, or of a blended foreground-minus-background margin."""
+    if not margin_only:
+        return labels_from_logits(model, logits)
+    values = np.asarray(model.config.final_label_values, dtype=np.uint8)
+    return values[(logits[0] > 0).astype(np.intp)]
+
+
+def _default_window_batch(settings: SlidingWindowSettings, precision: str, device: torch.device) -> int:
+    return settings.window_batch or (2 if precision == "fp32" and device.type == "cpu" else 1)
 
 
 def sliding_window_predict(
@@ -215,160 +336,42 @@ def sliding_window_predict(
     """
     settings = settings or SlidingWindowSettings()
     settings.check()
-    volume = torch.as_tensor(volume, dtype=torch.float32)
-    if volume.ndim != 4 or volume.shape[0] != len(model.config.modalities):
-        raise UserInputError(
-            f"volume has shape {tuple(volume.shape)}; expected (M, X, Y, Z) with M = {len(model.config.modalities)} "
-            f"({', '.join(model.config.modalities)})"
-        )
+    volume = _checked_volume(model, volume)
     device = torch.device(settings.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserInputError(f"device {settings.device!r} asked for, but this torch build sees no CUDA GPU")
-    on_device = _model_device(model)
-    precision = resolve_precision(settings.precision, device)
-    if precision == "fp32" and on_device is not None and on_device != device and not (
-        on_device.type == device.type == "cuda" and device.index is None
-    ):
-        raise UserInputError(f"the model is on {on_device} but the device asked for is {device}; move it with model.to({str(device)!r})")
-    shape = tuple(volume.shape[1:])
-    window = effective_window(model, shape, settings)
-    padded = tuple(max(s, w) for s, w in zip(shape, window))
-    if padded != shape:
-        # pad at the far end with zeros (the normalised value of air / background)
-        pad = [p for s, q in zip(reversed(shape), reversed(padded)) for p in (0, q - s)]
-        volume = torch.nn.functional.pad(volume, pad)
-    axis_starts = [window_starts(s, w, settings.overlap) for s, w in zip(padded, window)]
-    starts = list(itertools.product(*axis_starts))
-    gaussian = settings.blend == "gaussian"
-    weights = gaussian_weights(window).numpy() if gaussian else None
-
-    model_parts = list(parts)
-    num_classes = len(model.config.final_label_values)
-    margin_only = "logits" in parts and not keep_logits and num_classes == 2
-    need_weights = (("logits" in parts) and not margin_only) or any(p in parts for p in ("branches", "bottleneck_decoder"))
-    channels_last = precision == "bf16"
-    net = inference_model(model, precision, device)
+    precision = _checked_precision(model, settings, device)
+    grid = plan_windows(model, tuple(volume.shape[1:]), settings)
+    volume = _pad_to(volume, grid.padded)
+    margin_only = "logits" in parts and not keep_logits and len(model.config.final_label_values) == 2
+    merger = WindowMerger(grid, settings.blend, sign_only=("logits",) if margin_only else ())
+    run = _WindowRunner(inference_model(model, precision, device), volume, grid, device, precision, tuple(parts))
     workers, intra_threads = _worker_layout(settings, device)
-
-    def autocast():
-        if precision == "bf16":
-            return torch.autocast(device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    def run(corners):
-        """One forward pass over a batch of windows; float32 numpy outputs (runs in a worker)."""
-        batch = torch.stack(
-            [volume[(slice(None), *(slice(c, c + w) for c, w in zip(corner, window)))] for corner in corners]
-        )
-        with torch.inference_mode(), autocast():
-            batch = batch.to(device)
-            if channels_last:
-                batch = batch.contiguous(memory_format=torch.channels_last_3d)
-            out = net(batch, parts=model_parts)
-            outputs = {}
-            if out.logits is not None:
-                logits = out.logits.float()
-                outputs["logits"] = (logits[:, 1] - logits[:, 0])[:, None] if margin_only else logits
-            if "branches" in parts:
-                for name, value in out.branch_outputs.items():
-                    outputs[f"branch/{name}"] = value.float()
-            if out.bottleneck_decoder_output is not None:
-                outputs["bottleneck_decoder"] = out.bottleneck_decoder_output.float()
-            if out.classification_logits is not None:
-                outputs["classification"] = out.classification_logits.float()
-            return {key: value.contiguous().cpu().numpy() for key, value in outputs.items()}
-
-    buffers: dict[str, np.ndarray] = {}
-    weight_sum = np.zeros(padded, dtype=np.float32) if need_weights and gaussian else None
-    cls_values = []
-
-    def blend(corners, outputs):
-        for i, corner in enumerate(corners):
-            region = tuple(slice(c, c + w) for c, w in zip(corner, window))
-            for key, value in outputs.items():
-                if key == "classification":
-                    continue
-                if key not in buffers:
-                    buffers[key] = np.zeros((value.shape[1], *padded), dtype=np.float32)
-                target = buffers[key][(slice(None), *region)]
-                target += value[i] * weights if gaussian else value[i]
-            if weight_sum is not None:
-                weight_sum[region] += weights
-        if "classification" in outputs:
-            cls_values.append(torch.from_numpy(outputs["classification"]))
-
-    window_batch = settings.window_batch or (2 if precision == "fp32" and device.type == "cpu" else 1)
-    batches = [starts[i : i + window_batch] for i in range(0, len(starts), window_batch)]
+    window_batch = _default_window_batch(settings, precision, device)
+    corners = grid.corners
+    batches = [corners[i : i + window_batch] for i in range(0, len(corners), window_batch)]
+    classification_logits = []
     done = 0
-    previous_threads = torch.get_num_threads()
-    pool = None
-    try:
-        if workers > 1:
-            pool = ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(intra_threads,))
-            pending = deque()
-            queue = iter(batches)
-            for corners in itertools.islice(queue, 2 * workers):
-                pending.append((corners, pool.submit(run, corners)))
-            while pending:
-                corners, future = pending.popleft()
-                outputs = future.result()  # in order: the blended sums do not depend on timing
-                following = next(queue, None)
-                if following is not None:
-                    pending.append((following, pool.submit(run, following)))
-                blend(corners, outputs)
-                done += len(corners)
-                if progress is not None:
-                    progress(done, len(starts))
-        else:
-            if device.type == "cpu" and settings.workers is not None:
-                torch.set_num_threads(intra_threads)
-            for corners in batches:
-                blend(corners, run(corners))
-                done += len(corners)
-                if progress is not None:
-                    progress(done, len(starts))
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-        # worker threads set the process-wide default for new threads; put it back
-        torch.set_num_threads(previous_threads)
 
-    crop = tuple(slice(0, s) for s in shape)
-    if need_weights and weight_sum is None:
-        # constant blending: the window count per voxel is the product of the per-axis counts
-        counts = [_axis_counts(p, w, s)[: n] for p, w, s, n in zip(padded, window, axis_starts, shape)]
-        weight_sum = counts[0][:, None, None] * counts[1][None, :, None] * counts[2][None, None, :]
-    elif weight_sum is not None:
-        weight_sum = weight_sum[crop]
-    result = {}
-    for key, value in buffers.items():
-        value = value[(slice(None), *crop)]
-        if key == "logits" and margin_only:
-            result[key] = value  # only its sign is used
-            continue
-        value /= weight_sum  # in place: the buffers are not needed afterwards
-        result[key] = np.ascontiguousarray(value)
-    labels = None
-    logits = result.pop("logits", None)
-    if logits is not None:
-        values = np.asarray(model.config.final_label_values, dtype=np.uint8)
-        labels = values[(logits[0] > 0).astype(np.intp)] if margin_only else values[np.argmax(logits, axis=0)]
-        if not keep_logits:
-            logits = None
-    classification = None
-    if cls_values:
-        cls = torch.cat(cls_values)
-        if model.config.classification_head["task"] == "lesion_presence":
-            classification = cls.sigmoid().max(dim=0).values.numpy()
-        else:
-            classification = cls.softmax(dim=1).mean(dim=0).numpy()
+    def consume(batch, outputs):
+        nonlocal done
+        if "classification" in outputs:
+            classification_logits.append(torch.from_numpy(outputs.pop("classification")))
+        for i, corner in enumerate(batch):
+            merger.aggregate({key: value[i] for key, value in outputs.items()}, corner)
+        done += len(batch)
+        if progress is not None:
+            progress(done, len(corners))
+
+    set_threads = device.type == "cpu" and settings.workers is not None
+    _run_batches(run, batches, consume, workers, intra_threads, set_threads)
+    merged = merger.finalize()
+    logits = merged.pop("logits", None)
     return SlidingWindowResult(
-        logits=logits,
-        branches={k.split("/", 1)[1]: v for k, v in result.items() if k.startswith("branch/")},
-        bottleneck_decoder=result.get("bottleneck_decoder"),
-        classification=classification,
-        num_windows=len(starts),
-        labels=labels,
+        logits=logits if keep_logits else None,
+        branches={k.split("/", 1)[1]: v for k, v in merged.items() if k.startswith("branch/")},
+        bottleneck_decoder=merged.get("bottleneck_decoder"),
+        classification=_study_classification(model, classification_logits),
+        num_windows=len(corners),
+        labels=None if logits is None else _labels(model, logits, margin_only),
         precision=precision,
         workers=workers,
         window_batch=window_batch,

@@ -130,11 +130,24 @@ def _lesions(prediction, pet_source, csv_path: Path, overwrite: bool) -> dict:
 
 
 def run(args) -> int:
-    from ..data.nifti_io import save_nifti
-    from ..inference import load_model, predict_study, study_inputs
-    from ..sliding_window import SlidingWindowSettings
+    from ..inference import load_model
 
-    chosen = [flag for flag, value in (("--input", args.input), ("--study", args.study), ("--input-dir", args.input_dir)) if value]
+    single = _check_sources(args)
+    out, lesions, branches = _checked_outputs(args, single)
+    settings = _settings(args)
+    model = load_model(args.model, device=args.device)
+    modalities = list(model.config.modalities)
+    if lesions is not None and "pet" not in modalities:
+        raise UserInputError(f"--lesions needs a PET model; this model reads {', '.join(modalities)}")
+    if single:
+        return _predict_one(args, model, settings, out, lesions, branches)
+    return _predict_dataset(args, model, settings, branches)
+
+
+def _check_sources(args) -> bool:
+    """Exactly one input flag and the output flag it needs; True for one study (--input/--study)."""
+    flags = (("--input", args.input), ("--study", args.study), ("--input-dir", args.input_dir))
+    chosen = [flag for flag, value in flags if value]
     if len(chosen) != 1:
         raise UserInputError(f"give exactly one of --input, --study, --input-dir (got {', '.join(chosen) or 'none'})")
     single = not args.input_dir
@@ -144,6 +157,11 @@ def run(args) -> int:
         raise UserInputError("--out-dir is required with --input-dir")
     if not single and args.lesions:
         raise UserInputError("--lesions is for one study; with --input-dir, run evaluate or predict per study")
+    return single
+
+
+def _checked_outputs(args, single: bool) -> tuple[Path | None, Path | None, Path | None]:
+    """(--out, --lesions, --save-branches) as paths, refused before predicting where they cannot be written."""
     out = Path(args.out) if args.out else None
     lesions = Path(args.lesions) if args.lesions else None
     _check_output(out, args.overwrite, "--out")
@@ -152,62 +170,105 @@ def run(args) -> int:
     branches = Path(args.save_branches) if args.save_branches else None
     if single:
         _check_branches_free(branches, [out.name.split(".nii")[0]], args.overwrite)
+    return out, lesions, branches
+
+
+def _settings(args):
+    from ..sliding_window import SlidingWindowSettings
+
     settings = SlidingWindowSettings(
-        window=tuple(args.window) if args.window else None, overlap=args.overlap, window_batch=args.window_batch, workers=args.workers,
-        blend=args.blend, precision=args.precision, device=args.device,
+        window=tuple(args.window) if args.window else None,
+        overlap=args.overlap,
+        window_batch=args.window_batch,
+        workers=args.workers,
+        blend=args.blend,
+        precision=args.precision,
+        device=args.device,
     )
     settings.check()
-    model = load_model(args.model, device=args.device)
+    return settings
+
+
+def _predict_one(args, model, settings, out: Path, lesions: Path | None, branches: Path | None) -> int:
+    """--input/--study: write the mask (and lesion table, branch outputs) and print a JSON summary."""
+    from ..data.nifti_io import save_nifti
+    from ..inference import predict_study, study_inputs
+
     modalities = list(model.config.modalities)
-    if lesions is not None and "pet" not in modalities:
-        raise UserInputError(f"--lesions needs a PET model; this model reads {', '.join(modalities)}")
-    with_branches = bool(args.save_branches)
+    inputs = _parse_inputs(args.input) if args.input else study_inputs(args.study, modalities)
+    prediction = predict_study(model, inputs, settings, with_branches=branches is not None, progress=_progress_bar())
+    save_nifti(prediction.mask, out)
+    summary = {"mask": str(out), "seconds": {k: round(v, 2) for k, v in prediction.seconds.items()}}
+    if prediction.classification is not None:
+        summary["classification"] = prediction.classification
+    if lesions is not None:
+        summary["lesions"] = _lesions(prediction, inputs["pet"], lesions, args.overwrite)
+    if branches is not None:
+        _write_branches(prediction, branches, out.name.split(".nii")[0], args.overwrite)
+    print(json.dumps(summary, indent=2))
+    return 0
 
-    if single:
-        inputs = _parse_inputs(args.input) if args.input else study_inputs(args.study, modalities)
-        prediction = predict_study(model, inputs, settings, with_branches=with_branches, progress=_progress_bar())
-        save_nifti(prediction.mask, out)
-        summary = {"mask": str(out), "seconds": {k: round(v, 2) for k, v in prediction.seconds.items()}}
-        if prediction.classification is not None:
-            summary["classification"] = prediction.classification
-        if lesions is not None:
-            summary["lesions"] = _lesions(prediction, inputs["pet"], lesions, args.overwrite)
-        if with_branches:
-            _write_branches(prediction, Path(args.save_branches), out.name.split(".nii")[0], args.overwrite)
-        print(json.dumps(summary, indent=2))
-        return 0
 
+def _predict_dataset(args, model, settings, branches: Path | None) -> int:
+    """--input-dir: one mask per study in --out-dir; with --skip-bad, failing studies are listed instead of
+    ending the run."""
     out_dir = Path(args.out_dir)
-    if not out_dir.parent.is_dir():
-        raise UserInputError(f"--out-dir {out_dir}: folder {out_dir.parent} does not exist")
-    studies = dataset_studies(Path(args.input_dir))
-    existing = [case for case in studies if _exists(out_dir / f"{case}.nii.gz")]
-    if existing and not args.overwrite:
-        raise UserInputError(f"--out-dir {out_dir} already holds {len(existing)} of these predictions (e.g. {existing[0]}.nii.gz); pass --overwrite")
-    _check_branches_free(branches, list(studies), args.overwrite)
-    out_dir.mkdir(exist_ok=True)
-    failures = []
-    from tqdm.auto import tqdm
-
-    for case_id, study in tqdm(studies.items(), desc="studies", unit="study", file=sys.stderr):
-        try:
-            prediction = predict_study(model, study_inputs(study, modalities), settings, with_branches=with_branches, case_id=case_id)
-            save_nifti(prediction.mask, out_dir / f"{case_id}.nii.gz")
-            if with_branches:
-                _write_branches(prediction, Path(args.save_branches), case_id, args.overwrite)
-        except Exception as error:  # with --skip-bad one study's failure, even a bug, must not end the run
-            if not args.skip_bad:
-                raise
-            if isinstance(error, UserInputError):
-                failures.append((case_id, str(error).splitlines()[0]))
-            else:
-                failures.append((case_id, f"internal error: {type(error).__name__}: {error}".splitlines()[0]))
-                print(f"traceback of the internal error in {case_id}:\n{traceback.format_exc()}", file=sys.stderr)
+    studies = _dataset_to_predict(args, out_dir, branches)
+    failures = _predict_studies(args, model, settings, studies, out_dir, branches)
     done = len(studies) - len(failures)
     print(f"wrote {done} of {len(studies)} masks to {out_dir}")
     for case_id, message in failures:
         print(f"failed: {case_id}: {message}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _dataset_to_predict(args, out_dir: Path, branches: Path | None) -> dict[str, Path]:
+    """The studies of --input-dir, once --out-dir (created here) and --save-branches hold none of their outputs."""
+    if not out_dir.parent.is_dir():
+        raise UserInputError(f"--out-dir {out_dir}: folder {out_dir.parent} does not exist")
+    studies = dataset_studies(Path(args.input_dir))
+    existing = [case for case in studies if _exists(out_dir / f"{case}.nii.gz")]
+    if existing and not args.overwrite:
+        raise UserInputError(
+            f"--out-dir {out_dir} already holds {len(existing)} of these predictions (e.g. {existing[0]}.nii.gz); "
+            "pass --overwrite"
+        )
+    _check_branches_free(branches, list(studies), args.overwrite)
+    out_dir.mkdir(exist_ok=True)
+    return studies
+
+
+def _predict_studies(
+    args, model, settings, studies: dict[str, Path], out_dir: Path, branches: Path | None
+) -> list[tuple[str, str]]:
+    """Predict and write every study; returns (case id, one-line reason) per study that failed under --skip-bad."""
+    from tqdm.auto import tqdm
+
+    from ..data.nifti_io import save_nifti
+    from ..inference import predict_study, study_inputs
+
+    modalities = list(model.config.modalities)
+    failures = []
+    for case_id, study in tqdm(studies.items(), desc="studies", unit="study", file=sys.stderr):
+        try:
+            inputs = study_inputs(study, modalities)
+            prediction = predict_study(model, inputs, settings, with_branches=branches is not None, case_id=case_id)
+            save_nifti(prediction.mask, out_dir / f"{case_id}.nii.gz")
+            if branches is not None:
+                _write_branches(prediction, branches, case_id, args.overwrite)
+        except Exception as error:  # with --skip-bad one study's failure, even a bug, must not end the run
+            if not args.skip_bad:
+                raise
+            failures.append((case_id, _failure_reason(case_id, error)))
+    return failures
+
+
+def _failure_reason(case_id: str, error: Exception) -> str:
+    """The first line of a study's error; an internal error also prints its traceback to stderr."""
+    if isinstance(error, UserInputError):
+        return str(error).splitlines()[0]
+    print(f"traceback of the internal error in {case_id}:\n{traceback.format_exc()}", file=sys.stderr)
+    return f"internal error: {type(error).__name__}: {error}".splitlines()[0]
 
 
 def _progress_bar():
