@@ -32,12 +32,13 @@ def test_window_starts_cover_the_axis_and_end_flush():
 
 def test_a_single_window_equals_one_forward_pass():
     model = small_model()
-    volume = torch.rand(2, 32, 32, 32)
+    volume = torch.rand(2, 32, 32, 32, generator=torch.Generator().manual_seed(0))
     result = sliding_window_predict(model, volume, SlidingWindowSettings(window=(32, 32, 32)), parts=("logits",))
     with torch.no_grad():
         expected = model(volume[None]).logits[0].numpy()
     assert result.num_windows == 1
-    np.testing.assert_allclose(result.logits, expected, rtol=1e-5, atol=1e-6)
+    # float32 convolutions split over a different number of threads sum in another order: ~1e-6 apart
+    np.testing.assert_allclose(result.logits, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_constant_blending_matches_monai_sliding_window_inference():
