@@ -1,16 +1,26 @@
-"""``mirror-unet push``: publish a checkpoint folder as a Hub model repo with a generated model card."""
+"""``mirror-unet push``: publish a checkpoint folder as a Hub model repo with a generated model card, or
+(``--dataset DIR``) a data folder as a Hub dataset repo with a dataset card."""
 
 from __future__ import annotations
 
 import argparse
 
-HELP = "publish a checkpoint folder on the Hugging Face Hub with a generated model card (one commit)"
+HELP = "publish a checkpoint (--model) or a data folder (--dataset) on the Hugging Face Hub with a generated card"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..hub import DEFAULT_TIMEOUT
 
-    parser.add_argument("--model", required=True, help="checkpoint folder written by save_pretrained (the training output)")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--model", help="checkpoint folder written by save_pretrained (the training output)")
+    what.add_argument(
+        "--dataset", metavar="DIR",
+        help="data folder (e.g. phantoms/ or an FDG-PET-CT-Lesions tree) to publish as a dataset repo; "
+        "load_mirror_dataset and train.py --data_dir then take the repo id",
+    )
+    parser.add_argument(
+        "--license", default="other", help="--dataset: the data's licence as a Hub licence id (default: other)"
+    )
     parser.add_argument("--repo-id", required=True, help="Hub repo to create or update, NAMESPACE/NAME")
     parser.add_argument(
         "--metrics", default=None, help="metrics.json to publish in the card's evaluation table (default: the folder's own, if any)"
@@ -33,7 +43,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..hub import push_checkpoint
+    from ..errors import UserInputError
+    from ..hub import push_checkpoint, push_dataset
+
+    if args.dataset is not None:
+        ignored = [flag for flag, value in (("--metrics", args.metrics), ("--space", args.space),
+                                            ("--overwrite", args.overwrite)) if value]
+        if ignored:
+            raise UserInputError(f"{', '.join(ignored)} only applies to --model, not to --dataset")
+        print(push_dataset(
+            args.dataset, args.repo_id, license=args.license, private=args.private, revision=args.revision,
+            commit_message=args.commit_message, timeout=args.timeout,
+        ))
+        return 0
 
     url = push_checkpoint(
         args.model,

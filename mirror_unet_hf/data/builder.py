@@ -40,6 +40,19 @@ def dataset_name(name: str) -> str:
     return get_task(name).name
 
 
+def resolve_data_dir(data_dir: str | os.PathLike, revision: str | None = None) -> Path:
+    """A local folder as it is; a Hub dataset id (``namespace/name`` that is not a local path) downloaded
+    into the Hugging Face cache (``mirror_unet_hf.hub.fetch_dataset``) and its snapshot folder returned."""
+    local = Path(data_dir).expanduser()
+    if local.exists():
+        return local
+    from ..hub.fetch import fetch_dataset, is_repo_id
+
+    if is_repo_id(str(data_dir)):
+        return fetch_dataset(str(data_dir), revision=revision)
+    return local
+
+
 def find_dataset_root(name: str, data_dir: str | os.PathLike) -> Path:
     """The task's dataset folder (``FDG-PET-CT-Lesions`` / ``Task01_BrainTumour`` ...) given it or its parent."""
     task = get_task(name)
@@ -182,22 +195,25 @@ def load_mirror_dataset(
     num_folds: int = 5,
     cache_dir: str | os.PathLike | None = None,
     skip_bad: bool = False,
+    revision: str | None = None,
 ) -> datasets.DatasetDict:
     """Load a registered dataset as ``DatasetDict(train=..., validation=...)`` for one cross-validation fold.
 
     Args:
         name: a task name (``mirror_unet_hf.tasks.task_names()``: ``"autopet"``, ``"brain_tumour"``).
-        data_dir: the dataset folder (``FDG-PET-CT-Lesions`` / ``Task01_BrainTumour``) or its parent.
+        data_dir: the dataset folder (``FDG-PET-CT-Lesions`` / ``Task01_BrainTumour``) or its parent, or the id
+            of a Hub dataset repo published with ``mirror-unet push --dataset`` (downloaded into the cache).
         fold, num_folds: which of the ``num_folds`` patient-grouped folds is the validation set.
         cache_dir: datasets cache folder (default: the datasets library's own).
         skip_bad: skip unreadable studies with a warning listing each and why, instead of failing on the first.
+        revision: branch, tag or commit of a Hub dataset repo (ignored for a local folder).
 
     Rows: ``case_id``, ``patient_id``, ``diagnosis`` (AutoPET), one ``datasets.Nifti`` column per modality,
     ``label`` (Nifti), ``spacing`` (3 floats, mm) and ``shape`` (3 ints) of the reference grid.
     """
     name = dataset_name(name)
     check_fold(fold, num_folds)
-    root = find_dataset_root(name, data_dir)
+    root = find_dataset_root(name, resolve_data_dir(data_dir, revision))
     studies = discover_studies(name, root)
     builder = MirrorDatasetBuilder(
         dataset_name="mirror_unet",

@@ -13,7 +13,8 @@ Modules:
   ``training_args.json`` (their format is described there).
 - `model_card`, `dataset_card`: what the cards say.
 - `client`: token, repo ids, request timeouts, one-commit uploads, and `HubRequestError`.
-- `push`: `push_checkpoint`, `push_dataset`; `space`: `push_space`.
+- `push`: `push_checkpoint`, `push_dataset`; `space`: `push_space`; `fetch`: `fetch_dataset` (a dataset repo
+  back to a local folder, for `load_mirror_dataset`).
 """
 
 from .checkpoint_files import (
@@ -28,6 +29,7 @@ from .checkpoint_files import (
 )
 from .client import DEFAULT_TIMEOUT, HubRequestError
 from .dataset_card import build_dataset_card
+from .fetch import fetch_dataset
 from .model_card import MODEL_CARD_TEMPLATE, build_model_card, model_card_context
 from .push import push_checkpoint, push_dataset
 from .space import push_space, read_space_metadata, space_files
@@ -41,6 +43,7 @@ __all__ = [
     "build_dataset_card",
     "build_model_card",
     "check_checkpoint_folder",
+    "fetch_dataset",
     "model_card_context",
     "push_checkpoint",
     "push_dataset",

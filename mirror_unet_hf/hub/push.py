@@ -111,6 +111,10 @@ def push_checkpoint(
         )
 
 
+# Files per commit of a dataset push; larger folders are committed in several parts.
+MAX_FILES_PER_COMMIT = 1000
+
+
 def _dataset_folder(folder_or_prepared_dataset: str | Path) -> tuple[Path, list[tuple[str, Path]]]:
     """The data folder to publish and its files, checked: a folder, not empty, without a README.md."""
     if not isinstance(folder_or_prepared_dataset, (str, os.PathLike)):
@@ -147,9 +151,15 @@ def push_dataset(
     token: str | None = None,
     endpoint: str | None = None,
     timeout: float | None = DEFAULT_TIMEOUT,
+    max_files_per_commit: int = MAX_FILES_PER_COMMIT,
 ) -> str:
     """Publish a data folder (e.g. the phantom NIfTI tree, or a folder a `datasets` builder prepared)
-    as a Hub dataset repo with a generated card, in one commit; returns the repo URL.
+    as a Hub dataset repo with a generated card; returns the repo URL.
+
+    Up to `max_files_per_commit` files go in one commit; a larger folder is committed in parts of that
+    many files (the Hub advises against huge single commits), the card and ``metadata.jsonl`` in the last
+    one, so the repo only describes itself as a dataset once every data file is there. Pushing again after
+    an interruption uploads the folder again (the Hub deduplicates unchanged file contents).
 
     Every non-hidden regular file is uploaded under its relative path, plus ``README.md`` (the card;
     a folder with its own README.md is refused so that it is never overwritten silently). For an
@@ -159,6 +169,8 @@ def push_dataset(
     licence as a Hub licence id ("other" when it is neither ours nor open).
     """
     check_repo_id(repo_id)
+    if isinstance(max_files_per_commit, bool) or not isinstance(max_files_per_commit, int) or max_files_per_commit < 1:
+        raise UserInputError(f"max_files_per_commit must be a positive integer, got {max_files_per_commit!r}")
     folder, files = _dataset_folder(folder_or_prepared_dataset)
     card = build_dataset_card(
         folder, repo_id, license=license, pretty_name=pretty_name, phantoms=phantoms, description=description
@@ -172,14 +184,19 @@ def push_dataset(
             staged.append((METADATA_FILE, Path(tmp) / METADATA_FILE))
             staged[1][1].write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
         # Data files are read in place (never copied or written); only the card and metadata are staged.
-        return commit_files(
-            [*files, *staged],
-            repo_id,
-            "dataset",
-            private=private,
-            revision=revision,
-            commit_message=commit_message or f"Upload {len(files)} data files",
-            token=token,
-            endpoint=endpoint,
-            timeout=timeout,
-        )
+        parts = [files[i : i + max_files_per_commit] for i in range(0, len(files), max_files_per_commit)]
+        message = commit_message or f"Upload {len(files)} data files"
+        for number, part in enumerate(parts, start=1):
+            last = number == len(parts)
+            url = commit_files(
+                [*part, *staged] if last else part,
+                repo_id,
+                "dataset",
+                private=private,
+                revision=revision,
+                commit_message=message if len(parts) == 1 else f"{message} (part {number} of {len(parts)})",
+                token=token,
+                endpoint=endpoint,
+                timeout=timeout,
+            )
+        return url

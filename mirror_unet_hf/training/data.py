@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..data import MirrorPatchDataset, load_mirror_dataset, make_phantoms
-from ..data.builder import find_dataset_root
+from ..data.builder import find_dataset_root, resolve_data_dir
 from ..data.phantoms import is_phantom_dataset
 from ..errors import UserInputError
 from ..tasks import get_task
@@ -53,7 +53,7 @@ def training_data(args: TrainingArguments, accelerator):
 
 def uses_phantoms(args: TrainingArguments, data_dir: str) -> bool:
     """Whether the run trains on synthetic phantoms (generated here, or a phantom folder given as data_dir)."""
-    return args.data_dir is None or is_phantom_dataset(find_dataset_root(args.dataset, data_dir))
+    return args.data_dir is None or is_phantom_dataset(find_dataset_root(args.dataset, resolve_data_dir(data_dir)))
 
 
 def collate_tensors(items: list[dict]) -> dict:
