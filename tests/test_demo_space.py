@@ -77,8 +77,9 @@ def demo_dir(tmp_path_factory) -> Path:
 def test_space_files_are_the_demo_folder_plus_the_package_without_caches(demo_dir):
     files = dict(space_files(demo_dir))
     assert {"app.py", "README.md", "requirements.txt", "checkpoint/model.safetensors", "checkpoint/config.json",
-            "examples/phantom_1/SUV.nii.gz", "mirror_unet_hf/__init__.py", "mirror_unet_hf/demo_app.py",
-            "mirror_unet_hf/viewer.py", "mirror_unet_hf/data/phantoms.py", "mirror_unet_hf/hub_cards/model_card.md.j2"} <= set(files)
+            "examples/phantom_1/SUV.nii.gz", "mirror_unet_hf/__init__.py", "mirror_unet_hf/demo/app.py",
+            "mirror_unet_hf/demo/handlers.py", "mirror_unet_hf/viewer/rendering.py", "mirror_unet_hf/data/phantoms.py",
+            "mirror_unet_hf/hub_cards/model_card.md.j2"} <= set(files)
     assert not [name for name in files if "__pycache__" in name or name.endswith(".pyc") or "/." in f"/{name}"]
 
 
