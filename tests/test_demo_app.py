@@ -487,6 +487,7 @@ def test_cli_demo_with_a_folder_that_is_no_checkpoint_is_a_user_error(tmp_path, 
     assert f"model folder {tmp_path} has no config.json" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a server process: imports torch and Gradio, loads the model
 def test_cli_demo_serves_the_app_on_loopback_until_stopped(files, tmp_path):
     import httpx
 
