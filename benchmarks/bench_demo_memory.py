@@ -68,7 +68,8 @@ WAIT_S = 600  # for the server to start, to forget closed sessions, to answer a 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(ROOT / "demo" / "checkpoint"), help="save_pretrained folder (default: demo/checkpoint)")
+    parser.add_argument("--model", default=str(ROOT / "demo" / "checkpoint"),
+                        help="save_pretrained folder (default: demo/checkpoint)")
     parser.add_argument("--rounds", type=int, default=4, help="rounds of sessions after the warm-up (default 4)")
     parser.add_argument("--sessions", type=int, default=8, help="sessions at once in each round (default 8)")
     parser.add_argument("--shape", type=int, nargs=3, default=[96, 96, 64], help="phantom study shape in voxels")
@@ -114,8 +115,9 @@ class Server(SimpleNamespace):
                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         (folder / "launcher.py").write_text(LAUNCHER)
         log = (folder / "server.log").open("w")
-        process = subprocess.Popen([sys.executable, str(folder / "launcher.py"), json.dumps(options)], cwd=ROOT, env=env,
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        command = [sys.executable, str(folder / "launcher.py"), json.dumps(options)]
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
         server = cls(process=process, log=log, log_path=folder / "server.log", url=f"http://127.0.0.1:{port}/",
                      gradio=folder / "gradio", census_path=folder / "census.json")
         server.wait_until_up()
@@ -126,7 +128,8 @@ class Server(SimpleNamespace):
 
         deadline = time.monotonic() + WAIT_S
         while self.process.poll() is None and time.monotonic() < deadline:
-            roots = [line.split(" ", 1)[1] for line in self.log_path.read_text().splitlines() if line.startswith("SESSIONS_ROOT ")]
+            lines = self.log_path.read_text().splitlines()
+            roots = [line.split(" ", 1)[1] for line in lines if line.startswith("SESSIONS_ROOT ")]
             try:
                 if roots and httpx.get(self.url, timeout=30).status_code == 200:
                     self.sessions_root = Path(roots[0])
@@ -152,14 +155,23 @@ class Server(SimpleNamespace):
         while self.session_folders() and time.monotonic() - start < WAIT_S:
             time.sleep(0.1)
         forgotten_s, rss = time.monotonic() - start, self.rss_mb()
+        census = self.census()
+        return {"forgotten_s": round(forgotten_s, 2), "rss_mb": round(rss, 1),
+                "rss_trimmed_mb": round(self.rss_mb(), 1), "live_after_gc": census["after_gc"],
+                "live_before_gc": census["before_gc"], "session_folders": self.session_folders(),
+                "gradio_cache_mb": round(self.cache_mb(), 1)}
+
+    def census(self) -> dict:
+        """SIGUSR1 to the server: garbage collection, live objects, allocator trimmed; its JSON answer."""
         self.census_path.unlink(missing_ok=True)
         os.kill(self.process.pid, signal.SIGUSR1)
-        while not self.census_path.is_file() and time.monotonic() - start < 2 * WAIT_S:
-            time.sleep(0.1)
-        census = json.loads(self.census_path.read_text())
-        return {"forgotten_s": round(forgotten_s, 2), "rss_mb": round(rss, 1), "rss_trimmed_mb": round(self.rss_mb(), 1),
-                "live_after_gc": census["after_gc"], "live_before_gc": census["before_gc"],
-                "session_folders": self.session_folders(), "gradio_cache_mb": round(self.cache_mb(), 1)}
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline:
+            try:
+                return json.loads(self.census_path.read_text())
+            except (OSError, ValueError):  # not written yet, or half written
+                time.sleep(0.1)
+        raise RuntimeError(f"the server wrote no census:\n{self.log_path.read_text()[-3000:]}")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -222,8 +234,8 @@ def run_round(server: Server, studies: list[SimpleNamespace]) -> dict:
 # ---------------------------------------------------------------------------------------------- main
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def measure(args: argparse.Namespace) -> tuple[dict, list[dict]]:
+    """The warm-up session's figures, then each round's."""
     with tempfile.TemporaryDirectory(prefix="bench-demo-memory-") as scratch:
         folder = Path(scratch)
         studies = make_studies(folder, args.sessions, args.shape)
@@ -234,23 +246,39 @@ def main(argv=None) -> int:
             rounds = []
             for number in range(1, args.rounds + 1):
                 rounds.append({"round": number, **run_round(server, studies), **server.settle()})
-                print(f"round {number}: RSS {rounds[-1]['rss_mb']:.0f} MB, trimmed {rounds[-1]['rss_trimmed_mb']:.0f} MB", flush=True)
+                print(f"round {number}: RSS {rounds[-1]['rss_mb']:.0f} MB, "
+                      f"trimmed {rounds[-1]['rss_trimmed_mb']:.0f} MB", flush=True)
         finally:
             server.stop()
+    return warmup, rounds
+
+
+def report(args: argparse.Namespace, warmup: dict, rounds: list[dict]) -> float:
+    """Print the table and the growth; returns the trimmed growth from round 1 to the last, MB."""
+    headers = ["round", "seconds", "peak RSS MB", "RSS MB", "trimmed MB", "live sessions", "live studies", "folders",
+               "cache MB"]
+    rows = [[r["round"], r["seconds"], r["peak_rss_mb"], r["rss_mb"], r["rss_trimmed_mb"],
+             r["live_after_gc"]["sessions"], r["live_after_gc"]["studies"], r["session_folders"], r["gradio_cache_mb"]]
+            for r in rounds]
+    shape = "x".join(map(str, args.shape))
+    print_table(headers, rows, title=f"\n{args.sessions} sessions per round, {shape} voxels, model {args.model}")
     growth = rounds[-1]["rss_trimmed_mb"] - rounds[0]["rss_trimmed_mb"]
-    print_table(["round", "seconds", "peak RSS MB", "RSS MB", "trimmed MB", "live sessions", "live studies", "folders", "cache MB"],
-                [[r["round"], r["seconds"], r["peak_rss_mb"], r["rss_mb"], r["rss_trimmed_mb"], r["live_after_gc"]["sessions"],
-                  r["live_after_gc"]["studies"], r["session_folders"], r["gradio_cache_mb"]] for r in rounds],
-                title=f"\n{args.sessions} sessions per round, {'x'.join(map(str, args.shape))} voxels, model {args.model}")
     print(f"after the warm-up session: RSS {warmup['rss_mb']:.0f} MB, trimmed {warmup['rss_trimmed_mb']:.0f} MB")
     print(f"trimmed RSS growth from round 1 to round {args.rounds}: {growth:+.1f} MB "
           f"({growth / ((args.rounds - 1) * args.sessions):+.2f} MB per session after round 1)")
+    return growth
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    warmup, rounds = measure(args)
+    growth = report(args, warmup, rounds)
     model = Path(args.model).resolve()
     model = str(model.relative_to(ROOT)) if model.is_relative_to(ROOT) else args.model
     settings = {"model": model, "rounds": args.rounds, "sessions": args.sessions, "shape": args.shape}
+    untrimmed = rounds[-1]["rss_mb"] - rounds[0]["rss_mb"]
     write_json({"machine": machine(), "settings": settings, "warmup": warmup, "rounds": rounds,
-                "trimmed_growth_mb": round(growth, 1), "growth_mb": round(rounds[-1]["rss_mb"] - rounds[0]["rss_mb"], 1)},
-               args.out)
+                "trimmed_growth_mb": round(growth, 1), "growth_mb": round(untrimmed, 1)}, args.out)
     print(f"wrote {args.out}")
     return 0
 

@@ -104,7 +104,8 @@ def test_segmenting_the_bundled_example_gives_a_mask_and_a_lesion_table(done, ha
     view = done.segmented
     assert view.session is done.loaded.session and view.segmented
     assert view.mask_file == view.session.workdir / "mask.nii.gz" and view.mask_file.is_file()
-    expected = predict_study(handlers.model, study_inputs(EXAMPLES / case_ids[0], handlers.modalities), handlers.settings)
+    inputs = study_inputs(EXAMPLES / case_ids[0], handlers.modalities)
+    expected = predict_study(handlers.model, inputs, handlers.settings)
     mask = np.asanyarray(nib.load(view.mask_file).dataobj)
     np.testing.assert_array_equal(mask, np.asanyarray(expected.mask.dataobj))
     assert mask.any()  # the bundled checkpoint finds the example's lesions

@@ -78,7 +78,8 @@ def build_demo(
 
     # Gradio keeps a copy of every upload, rendered image and download in its cache (GRADIO_TEMP_DIR) and by
     # default never deletes them: sweep what is older than a session may live, and all of it when the server stops
-    with gr.Blocks(title="Mirror U-Net demo", analytics_enabled=False, delete_cache=(CACHE_SWEEP_S, SESSION_TTL_S)) as demo:
+    sweep = (CACHE_SWEEP_S, SESSION_TTL_S)
+    with gr.Blocks(title="Mirror U-Net demo", analytics_enabled=False, delete_cache=sweep) as demo:
         # looked up here, not at import, so that a test can log the callbacks by replacing `session.forget`
         components = build_layout(handlers, model_path, delete_callback=sessions.forget, session_ttl_s=SESSION_TTL_S)
         connect(components, handlers)

@@ -303,7 +303,9 @@ class DemoHandlers:
         )
         if session.table is not None:
             columns, rows = viewer.lesion_rows(session.table, self.pet_model)
-            listed = "" if len(rows) <= LISTED_LESIONS else f" (the {LISTED_LESIONS} largest are listed; the CSV has all)"
+            listed = ""
+            if len(rows) > LISTED_LESIONS:
+                listed = f" (the {LISTED_LESIONS} largest are listed; the CSV has all)"
             view.columns, view.rows = tuple(columns), rows[:LISTED_LESIONS]
             view.totals = f"**Study:** {viewer.lesion_summary(session.table, self.pet_model)}{listed}"
             view.lesion_choices = text.lesion_choices(session.table.lesions[:LISTED_LESIONS], self.pet_model)

@@ -79,7 +79,9 @@ class Components:
                 self.download_mask, self.download_table]
 
 
-def build_layout(handlers: DemoHandlers, model_path: str, *, delete_callback: Callable, session_ttl_s: float) -> Components:
+def build_layout(
+    handlers: DemoHandlers, model_path: str, *, delete_callback: Callable, session_ttl_s: float
+) -> Components:
     """Create the page's components in the current ``gr.Blocks``; each session's `Session` lives in the
     returned ``state``, forgotten (`delete_callback`) after `session_ttl_s` without use."""
     c = Components()

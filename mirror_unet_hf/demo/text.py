@@ -11,7 +11,8 @@ from .. import viewer
 from ..lesions import Lesion
 
 CONVENTIONS = (
-    "Radiological convention: the patient's right is on the image's left (axial from the feet, coronal from the front); "
+    "Radiological convention: the patient's right is on the image's left "
+    "(axial from the feet, coronal from the front); "
     "coronal and sagittal images are head up, sagittal with the face on the left. Pixels are square in mm."
 )
 SLIDER_LABELS = {"axial": "Axial slice (feet → head)", "coronal": "Coronal slice (back → front)",
@@ -52,7 +53,9 @@ def model_markdown(model, model_path: str) -> str:
     """The "About the model" text: preset, inputs, final mask rule and each part's task."""
     config = model.config
     rows = "\n".join(f"| {row['part']} | {row['inputs']} | {row['task']} |" for row in config.describe())
-    phantom = "\n\n**Trained on synthetic phantoms only**: its outputs on real scans mean nothing." if phantom_trained(model_path) else ""
+    phantom = ""
+    if phantom_trained(model_path):
+        phantom = "\n\n**Trained on synthetic phantoms only**: its outputs on real scans mean nothing."
     return (
         f"Model `{model_path}` — preset `{getattr(config, 'preset', None) or 'custom'}`, inputs "
         f"{', '.join(viewer.modality_title(m) for m in config.modalities)}; final mask: {config.final_mask_rule}.\n\n"
@@ -114,7 +117,6 @@ def legend_html(entries: Sequence[tuple[tuple[int, int, int], str]]) -> str:
     """A colour swatch and its meaning for each of `viewer.legend`'s entries."""
     if not entries:
         return "<span>No overlay.</span>"
-    parts = [
-        f'<span class="swatch" style="background: rgb{tuple(colour)}"></span>{html.escape(text)}' for colour, text in entries
-    ]
+    parts = [f'<span class="swatch" style="background: rgb{tuple(colour)}"></span>{html.escape(text)}'
+             for colour, text in entries]
     return "<div>" + "".join(parts) + "</div>"
