@@ -2,12 +2,12 @@
 
 The model is $MIRROR_UNET_MODEL (a Hub id, e.g. set as a Space variable) or else the checkpoint bundled
 in `checkpoint/` beside this file; the example studies are the folders in `examples/`. The app itself
-lives in `mirror_unet_hf.demo_app` (`build_demo` is re-exported here for tests and notebooks).
+lives in `mirror_unet_hf.demo` (`build_demo` is re-exported here for tests and notebooks).
 """
 
 from pathlib import Path
 
-from mirror_unet_hf.demo_app import build_demo, launch_demo, resolve_model
+from mirror_unet_hf.demo.app import build_demo, launch_demo, resolve_model
 
 HERE = Path(__file__).resolve().parent
 CHECKPOINT = HERE / "checkpoint"

@@ -1,5 +1,5 @@
 """The demo under load (issue 9, item 6), served by a separate process on a loopback port so that its
-memory (VmRSS) and its temporary folders can be measured from outside.
+live objects and its temporary folders can be inspected from outside.
 
 - 8 sessions at once (one gradio_client `Client` each, in threads) upload 8 different studies and
   segment them: each gets exactly what its study gives alone (the same server, one session at a time).
@@ -8,13 +8,14 @@ memory (VmRSS) and its temporary folders can be measured from outside.
 - The queue is bounded: with the model busy, requests beyond `queue_size` are refused ("Queue is full")
   instead of waiting without bound.
 - Sessions that end leave nothing behind: their folders go (closed session: Gradio's delete callback;
-  dropped beyond `state_session_capacity`: the session's finalizer), the server's RSS stays flat from
-  round to round of 8 sessions (no Session or ViewerStudy object survives its session), and the app's
-  temporary folder and Gradio's cached files go when the server stops (SIGTERM).
+  dropped beyond `state_session_capacity`: the session's finalizer), no Session or ViewerStudy object
+  survives its session (counted in the server with gc), and the app's temporary folder and Gradio's
+  cached files go when the server stops (SIGTERM).
 
-The figures (RSS per round, folders, Gradio cache, timings, the refusal messages) are printed: run with
-``-s`` to see them. MIRROR_UNET_LOAD_ROUNDS (default 3) sets the number of rounds of 8 sessions.
-Timings are printed, never asserted (the machine is shared).
+Only what cannot drift with the machine's load is asserted: results, messages, object counts and
+folders; every wait is on an event (a file, a folder gone, a barrier), with generous limits. How the
+server's memory (RSS) evolves from round to round is measured by ``benchmarks/bench_demo_memory.py``.
+Run with ``-s`` to see the figures. MIRROR_UNET_LOAD_ROUNDS (default 2) sets the rounds of 8 sessions.
 """
 
 from __future__ import annotations
@@ -46,72 +47,67 @@ from mirror_unet_hf.data import make_phantoms
 from mirror_unet_hf.inference import load_model, predict_study, study_inputs
 from mirror_unet_hf.sliding_window import SlidingWindowSettings
 
+pytestmark = pytest.mark.slow  # a server process, dozens of sessions: minutes on a small machine
+
 REPO = Path(__file__).resolve().parents[1]
 SESSIONS = 8  # clients at once
-ROUNDS = max(2, int(os.environ.get("MIRROR_UNET_LOAD_ROUNDS", "3")))  # rounds of SESSIONS sessions for the memory test
+ROUNDS = max(2, int(os.environ.get("MIRROR_UNET_LOAD_ROUNDS", "2")))  # rounds of SESSIONS sessions
 SHAPE = (96, 96, 64)  # voxels per study: ~14 MB of arrays per loaded and segmented session, uploads of ~2.7 MB
 UPLOAD_LIMIT_MB = 4
 CAPACITY = SESSIONS  # sessions whose state the server keeps (state_session_capacity; MAX_SESSIONS = 32 in production)
 # Requests allowed to wait at once. A round never needs more than SESSIONS - 1: each client has at most one
 # request in flight and at least one of them is being processed.
 QUEUE_SIZE = SESSIONS + 2
-# Memory is compared from round 1 to the last round, each time after that round's sessions have ended and
-# the server has handed back what its allocator keeps free (malloc_trim, in the census below). Untrimmed, glibc
-# keeps freed memory for reuse in per-thread arenas: the plain RSS wanders by +-35 MB from round to round and
-# never comes back to the baseline of one warm-up session (fewer threads had allocated then, and Gradio kept
-# one session's bookkeeping instead of CAPACITY). Trimmed, it moved by under 10 MB over 8 rounds here, while
-# keeping every session alive (tried on purpose) added ~65 MB per round. 24 MB still catches a leak of 1.5 MB
-# per session over the (ROUNDS - 1) x SESSIONS sessions after round 1 (a mask alone is 0.6 MB).
-RSS_GROWTH_LIMIT_MB = 24
-FORGET_WAIT_S = 60  # how long to wait for the server to forget closed sessions (1 s in GRADIO_IS_E2E_TEST mode)
+# Limits of waits on events, generous so that a loaded machine only makes the test slower, never fail:
+FORGET_WAIT_S = 300  # for the server to forget closed sessions (1 s after closing in GRADIO_IS_E2E_TEST mode)
+START_WAIT_S = 300  # for the server to start, to answer a census, to stop
+GATE_WAIT_S = 600  # for the blocked segmentation to start, and for the test to open its gate
+ROUND_WAIT_S = 1800  # for one round of SESSIONS sessions
 
 # The server process. Test instrumentation only: Gradio's delete callbacks are logged (one line each); a
 # segmentation of a study whose case id starts with "blocker" waits at a gate until the test opens it, so
 # that the queue can be filled deterministically, however fast or slow the machine; SIGUSR1 writes a census
-# of live sessions and studies and trims the allocator.
+# of live sessions and studies.
 LAUNCHER = '''
 import json, sys, time
 from pathlib import Path
 options = json.loads(sys.argv[1])
-from mirror_unet_hf import demo_app
+from mirror_unet_hf import viewer
+from mirror_unet_hf.demo import app, handlers, session
 
-forget = demo_app._forget
-def logged_forget(session):
+forget = session.forget
+def logged_forget(state):
     with open(options["forget_log"], "a") as log:
-        log.write(f"{getattr(session, 'workdir', session)}\\n")
-    forget(session)
-demo_app._forget = logged_forget
+        log.write(f"{getattr(state, 'workdir', state)}\\n")
+    forget(state)
+session.forget = logged_forget  # build_demo reads it when it builds the page
 
-predict = demo_app.predict_study
+predict = handlers.predict_study
 def gated_predict(model, sources, settings, **kwargs):
     if str(kwargs.get("case_id", "")).startswith("blocker"):
         Path(options["gate"], "entered").touch()
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + options["gate_wait_s"]
         while not Path(options["gate"], "open").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
     return predict(model, sources, settings, **kwargs)
-demo_app.predict_study = gated_predict
+handlers.predict_study = gated_predict
 
-import ctypes, gc, signal
+import gc, signal
 def census(signum, frame):
-    """Live sessions and studies, before and after a full garbage collection; then the memory that the
-    allocator keeps free is handed back (malloc_trim), so that the RSS measured next is what is in use."""
+    """Live sessions and studies, before and after a full garbage collection."""
     def count():
-        objects = gc.get_objects()
-        kinds = [type(o) for o in objects]
-        return {"sessions": kinds.count(demo_app.Session), "studies": kinds.count(demo_app.viewer.ViewerStudy),
+        kinds = [type(o) for o in gc.get_objects()]
+        return {"sessions": kinds.count(session.Session), "studies": kinds.count(viewer.ViewerStudy),
                 "gradio_sessions": sum(kind.__name__ == "SessionState" for kind in kinds)}
     before = count()
     gc.collect()
-    after = count()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    Path(options["census"]).write_text(json.dumps({"before_gc": before, "after_gc": after}))
+    Path(options["census"]).write_text(json.dumps({"before_gc": before, "after_gc": count()}))
 signal.signal(signal.SIGUSR1, census)
 
-demo = demo_app.build_demo(options["model"], None, max_upload_mb=options["max_upload_mb"], queue_size=options["queue_size"])
+demo = app.build_demo(options["model"], None, max_upload_mb=options["max_upload_mb"], queue_size=options["queue_size"])
 print("SESSIONS_ROOT", demo.sessions_root, flush=True)
-demo_app.launch_demo(demo, server_name="127.0.0.1", server_port=options["port"], ssr_mode=False, quiet=True,
-                     state_session_capacity=options["capacity"])
+app.launch_demo(demo, server_name="127.0.0.1", server_port=options["port"], ssr_mode=False, quiet=True,
+                state_session_capacity=options["capacity"])
 print("STOPPED", flush=True)
 '''
 
@@ -151,10 +147,6 @@ def data(tmp_path_factory):
 class Server(SimpleNamespace):
     """The demo in its own process (its own process group), with its own TMPDIR and GRADIO_TEMP_DIR."""
 
-    def rss_mb(self) -> float:
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1]) / 1024
-
     def app_folders(self) -> list[Path]:
         return sorted(self.tmp.glob("mirror-unet-demo-*"))
 
@@ -169,7 +161,7 @@ class Server(SimpleNamespace):
         """Live Session and ViewerStudy objects in the server, before and after a full garbage collection."""
         self.census_path.unlink(missing_ok=True)
         os.kill(self.process.pid, signal.SIGUSR1)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + START_WAIT_S
         while time.monotonic() < deadline:
             try:
                 return json.loads(self.census_path.read_text())
@@ -181,7 +173,8 @@ class Server(SimpleNamespace):
         return [p for p in self.gradio.rglob("*") if p.is_file()]
 
     def wait_until_forgotten(self) -> float:
-        """Seconds until no session folder is left (sessions closed: forgotten 1 s later in E2E mode)."""
+        """Seconds until no session folder is left (sessions closed: forgotten 1 s later in E2E mode), at most
+        `FORGET_WAIT_S`; the caller asserts what is left."""
         start = time.monotonic()
         while self.session_folders() and time.monotonic() - start < FORGET_WAIT_S:
             time.sleep(0.1)
@@ -192,7 +185,7 @@ class Server(SimpleNamespace):
         if self.process.poll() is None:
             try:
                 os.killpg(self.process.pid, signal.SIGTERM)
-                self.process.wait(timeout=30)
+                self.process.wait(timeout=START_WAIT_S)  # a clean exit; only a hung server is killed
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=30)
@@ -216,7 +209,7 @@ def server(data, tmp_path_factory):
     port = free_port()
     options = {"model": str(data.model), "port": port, "max_upload_mb": UPLOAD_LIMIT_MB, "queue_size": QUEUE_SIZE,
                "capacity": CAPACITY, "forget_log": str(folder / "forgotten.log"), "gate": str(folder / "gate"),
-               "census": str(folder / "census.json")}
+               "census": str(folder / "census.json"), "gate_wait_s": GATE_WAIT_S}
     (folder / "launcher.py").write_text(LAUNCHER)
     env = {**os.environ, "TMPDIR": str(folder / "tmp"), "GRADIO_TEMP_DIR": str(folder / "gradio"),
            "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
@@ -232,9 +225,9 @@ def server(data, tmp_path_factory):
                     census_path=folder / "census.json")
     try:
         started = time.monotonic()
-        while process.poll() is None and time.monotonic() - started < 180:
+        while process.poll() is None and time.monotonic() - started < START_WAIT_S:
             try:
-                if httpx.get(server.url, timeout=5).status_code == 200:
+                if httpx.get(server.url, timeout=30).status_code == 200:
                     break
             except httpx.TransportError:
                 time.sleep(0.3)
@@ -242,7 +235,7 @@ def server(data, tmp_path_factory):
         roots = [line.split(" ", 1)[1] for line in server.log_path.read_text().splitlines() if line.startswith("SESSIONS_ROOT ")]
         assert roots, f"the demo server did not start:\n{server.log()}"
         server.sessions_root = Path(roots[0])
-        print(f"\n[load] server pid {process.pid} up in {time.monotonic() - started:.1f} s, RSS {server.rss_mb():.0f} MB")
+        print(f"\n[load] server pid {process.pid} up in {time.monotonic() - started:.1f} s")
         yield server
     finally:
         server.stop()
@@ -273,8 +266,9 @@ def upload(session, ct: Path, pet: Path):
     return named(session.predict(handle_file(str(ct)), handle_file(str(pet)), None, api_name="/load_files"))
 
 
-def run_session(server, study, *, malformed: Path | None = None, oversized: Path | None = None) -> SimpleNamespace:
-    """One session: (optionally a bad upload first), upload the study, segment, render once, close."""
+def run_session(server, study, *, malformed: Path | None = None, oversized: Path | None = None,
+                loaded=None) -> SimpleNamespace:
+    """One session: (optionally a bad upload first), upload the study, `loaded()`, segment, render once, close."""
     from gradio_client.exceptions import AppError
 
     started = time.monotonic()
@@ -288,9 +282,11 @@ def run_session(server, study, *, malformed: Path | None = None, oversized: Path
                     result.refused.append(None)
                 except (AppError, ValueError) as error:
                     result.refused.append(f"{type(error).__name__}: {error}")
-        loaded = upload(session, study.ct, study.pet)
-        result.status = loaded.status
-        slices = value(loaded.axial_slider), value(loaded.coronal_slider), value(loaded.sagittal_slider)
+        loaded_study = upload(session, study.ct, study.pet)
+        result.status = loaded_study.status
+        if loaded is not None:
+            loaded()
+        slices = value(loaded_study.axial_slider), value(loaded_study.coronal_slider), value(loaded_study.sagittal_slider)
         out = named(session.predict(*slices, "fusion", "none", "Soft tissue", 8, 0.5, True, api_name="/segment"))
         result.table, result.totals = out.table["data"], out.totals
         result.mask = fetch_mask(server, out.mask)
@@ -303,24 +299,21 @@ def run_session(server, study, *, malformed: Path | None = None, oversized: Path
 
 def run_round(server, studies, extra=None, **bad) -> tuple[dict, list, SimpleNamespace]:
     """SESSIONS sessions at once, one thread each (`bad` uploads go to the first sessions); `extra()` runs in one
-    more thread. Samples the server's RSS and session folders while they run."""
-    results, errors, peak = {}, [], SimpleNamespace(rss=0.0, folders=0)
-    done = threading.Event()
+    more thread. Every session waits at a barrier once its study is loaded, so that all are open at once
+    however the machine schedules them; the session folders are counted there (`overlap.folders`)."""
+    results, errors, overlap = {}, [], SimpleNamespace(folders=None)
 
-    def monitor():
-        while not done.is_set():
-            try:
-                peak.rss = max(peak.rss, server.rss_mb())
-                peak.folders = max(peak.folders, len(server.session_folders()))
-            except (OSError, StopIteration):
-                pass
-            time.sleep(0.1)
+    def count_folders():
+        overlap.folders = len(server.session_folders())
+
+    barrier = threading.Barrier(len(studies), action=count_folders, timeout=ROUND_WAIT_S)
 
     def work(i, study):
         try:
             extras = {key: path for key, path in bad.items() if i == list(bad).index(key)}
-            results[study.name] = run_session(server, study, **extras)
+            results[study.name] = run_session(server, study, loaded=barrier.wait, **extras)
         except Exception as error:  # noqa: BLE001 - reported by the caller
+            barrier.abort()  # the others stop waiting for this session
             errors.append(f"{study.name}: {type(error).__name__}: {error}")
 
     def work_extra():
@@ -331,36 +324,23 @@ def run_round(server, studies, extra=None, **bad) -> tuple[dict, list, SimpleNam
 
     threads = [threading.Thread(target=work, args=(i, study)) for i, study in enumerate(studies)]
     threads += [threading.Thread(target=work_extra)] if extra else []
-    watcher = threading.Thread(target=monitor, daemon=True)
     started = time.monotonic()
-    watcher.start()
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=600)
-    done.set()
-    watcher.join()
-    peak.seconds = time.monotonic() - started
-    assert not any(thread.is_alive() for thread in threads), "a session did not finish in 10 minutes"
-    return results, errors, peak
+        thread.join(timeout=ROUND_WAIT_S)
+    overlap.seconds = time.monotonic() - started
+    assert not any(thread.is_alive() for thread in threads), f"a session did not finish in {ROUND_WAIT_S} s"
+    return results, errors, overlap
 
 
 @pytest.fixture(scope="module")
 def reference(server, data):
-    """Each study alone, one session at a time on the same server; the first one also warms the server up
-    (model weights touched, first-inference allocations done)."""
-    results = {}
-    for i, study in enumerate(data.studies):
-        results[study.name] = run_session(server, study)
-        if i == 0:
-            server.wait_until_forgotten()
-            baseline = server.rss_mb()
-            server.census()
-            trimmed = server.rss_mb()
+    """Each study alone, one session at a time on the same server (the first one also warms the server up)."""
+    results = {study.name: run_session(server, study) for study in data.studies}
     server.wait_until_forgotten()
-    print(f"[load] one session at a time: {', '.join(f'{r.seconds:.1f}' for r in results.values())} s; "
-          f"RSS after one warm-up session {baseline:.0f} MB ({trimmed:.0f} MB trimmed), after all {SESSIONS} (forgotten) {server.rss_mb():.0f} MB")
-    return SimpleNamespace(results=results, baseline_mb=baseline, trimmed_mb=trimmed)
+    print(f"[load] one session at a time: {', '.join(f'{r.seconds:.1f}' for r in results.values())} s")
+    return SimpleNamespace(results=results)
 
 
 # ------------------------------------------------------------------------------------------------ tests
@@ -381,15 +361,16 @@ def test_eight_sessions_at_once_each_get_their_own_result_while_bad_uploads_are_
 
     def raw_oversized_upload():  # straight to the server, past the client's own size check
         with data.oversized.open("rb") as stream:
-            answer = httpx.post(server.url + "gradio_api/upload", files={"files": (data.oversized.name, stream)}, timeout=60)
+            answer = httpx.post(server.url + "gradio_api/upload", files={"files": (data.oversized.name, stream)}, timeout=300)
         return SimpleNamespace(status=answer.status_code, text=answer.text)
 
-    results, errors, peak = run_round(server, data.studies, extra=raw_oversized_upload,
-                                      malformed=data.malformed, oversized=data.oversized)
-    print(f"[load] {SESSIONS} sessions at once: {peak.seconds:.1f} s for the round, per session "
+    results, errors, overlap = run_round(server, data.studies, extra=raw_oversized_upload,
+                                         malformed=data.malformed, oversized=data.oversized)
+    print(f"[load] {SESSIONS} sessions at once: {overlap.seconds:.1f} s for the round, per session "
           f"{', '.join(f'{results[s.name].seconds:.1f}' for s in data.studies if s.name in results)} s; "
-          f"peak {peak.folders} session folders, peak RSS {peak.rss:.0f} MB")
+          f"{overlap.folders} session folders once all had loaded")
     assert not errors, errors
+    assert overlap.folders == SESSIONS  # all sessions were open at once, each with its own folder
     for study in data.studies:
         got, alone = results[study.name], reference.results[study.name]
         assert f"**{study.name}_SUV**" in got.status  # its own upload, not another session's
@@ -407,36 +388,28 @@ def test_eight_sessions_at_once_each_get_their_own_result_while_bad_uploads_are_
     server.wait_until_forgotten()
 
 
-def test_memory_and_folders_come_back_after_rounds_of_sessions(server, data, reference):
+def test_no_session_object_or_folder_outlives_rounds_of_sessions(server, data, reference):
     rounds = []
     for number in range(1, ROUNDS + 1):
         before = server.forgotten()
-        results, errors, peak = run_round(server, data.studies)
+        results, errors, overlap = run_round(server, data.studies)
         assert not errors, errors
         for study in data.studies:  # still no cross-talk
             np.testing.assert_array_equal(results[study.name].mask, reference.results[study.name].mask)
         waited = server.wait_until_forgotten()
-        rss = server.rss_mb()
-        census = server.census()
-        rounds.append(SimpleNamespace(number=number, rss=rss, trimmed=server.rss_mb(), peak=peak, waited=waited, census=census,
+        rounds.append(SimpleNamespace(number=number, overlap=overlap, waited=waited, census=server.census(),
                                       folders=len(server.session_folders()), forgotten=server.forgotten() - before,
                                       cache=server.cache_files()))
-    print(f"[load] RSS baseline (after one warm-up session) {reference.baseline_mb:.0f} MB ({reference.trimmed_mb:.0f} MB trimmed)")
     for r in rounds:
         cache_mb = sum(p.stat().st_size for p in r.cache) / 2**20
-        print(f"[load] round {r.number}: {r.peak.seconds:.1f} s, peak RSS {r.peak.rss:.0f} MB with {r.peak.folders} "
-              f"session folders; sessions closed and forgotten after {r.waited:.1f} s ({r.forgotten} delete callbacks): "
-              f"RSS {r.rss:.0f} MB ({r.trimmed:.0f} MB trimmed), {r.folders} session folders, live {r.census['before_gc']}; "
-              f"Gradio cache {len(r.cache)} files, {cache_mb:.1f} MB")
-    assert all(r.peak.folders >= 2 for r in rounds)  # the sessions did overlap (else this proves little)
+        print(f"[load] round {r.number}: {r.overlap.seconds:.1f} s, {r.overlap.folders} session folders once all had "
+              f"loaded; sessions closed and forgotten after {r.waited:.1f} s ({r.forgotten} delete callbacks): "
+              f"{r.folders} session folders, live {r.census['before_gc']}; Gradio cache {len(r.cache)} files, {cache_mb:.1f} MB")
+    assert all(r.overlap.folders == SESSIONS for r in rounds)  # the sessions did overlap (else this proves little)
     assert all(r.folders == 0 for r in rounds), "closed sessions' folders were not removed"
     for r in rounds:  # nothing holds an ended session's study, not even until the next garbage collection
         assert r.census["before_gc"]["sessions"] == r.census["after_gc"]["sessions"] == 0, r.census
         assert r.census["before_gc"]["studies"] == r.census["after_gc"]["studies"] == 0, r.census
-    growth = rounds[-1].trimmed - rounds[0].trimmed
-    print(f"[load] RSS growth from round 1 to round {ROUNDS}: {growth:+.1f} MB trimmed (limit {RSS_GROWTH_LIMIT_MB} MB), "
-          f"{rounds[-1].rss - rounds[0].rss:+.1f} MB as it was")
-    assert growth < RSS_GROWTH_LIMIT_MB
 
 
 def test_sessions_beyond_capacity_are_dropped_and_their_folders_go_with_them(server, data, reference):
@@ -476,13 +449,13 @@ def test_a_full_queue_refuses_more_requests_with_a_message(server, data):
         loaded = upload(blocker, data.blocker.ct, data.blocker.pet)
         job = blocker.submit(value(loaded.axial_slider), value(loaded.coronal_slider), value(loaded.sagittal_slider),
                              "fusion", "none", "Soft tissue", 8, 0.5, True, api_name="/segment")
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + GATE_WAIT_S
         while not (gate / "entered").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert (gate / "entered").exists(), "the blocking segmentation never started"
         # the model is busy: every further segmentation waits in the queue, until the queue is full
         answers = [httpx.post(server.url + "gradio_api/call/segment", json={"data": [1, 1, 1, None, None, "Soft tissue", 8, 0.5, True]},
-                              timeout=30) for _ in range(QUEUE_SIZE + 3)]
+                              timeout=120) for _ in range(QUEUE_SIZE + 3)]
         codes = [a.status_code for a in answers]
         refusal = answers[-1].json().get("detail", "")
         with pytest.raises(Exception) as client_side:
@@ -494,7 +467,7 @@ def test_a_full_queue_refuses_more_requests_with_a_message(server, data):
         assert type(client_side.value).__name__ == "QueueError" and "Queue is full" in str(client_side.value)
     finally:
         (gate / "open").touch()
-    out = named(job.result(timeout=300))
+    out = named(job.result(timeout=GATE_WAIT_S))
     assert "lesion" in out.totals  # the blocked request finished normally once the model was free
     # the queued requests were answered (no study in their sessions), and the server serves again
     with pytest.raises(AppError, match="no study loaded yet"):
@@ -507,10 +480,9 @@ def test_stopping_the_server_removes_its_temporary_folders_and_cached_files(serv
     assert server.app_folders() == [server.sessions_root]  # one folder for the whole app, in the server's TMPDIR
     cached = [p for p in server.cache_files() if p.stat().st_size]
     assert cached  # uploads, images, masks
-    rss = server.rss_mb()
     code = server.stop()
     left = server.cache_files()
-    print(f"[load] stopped with SIGTERM: exit code {code}; RSS before {rss:.0f} MB; Gradio cache {len(cached)} files "
+    print(f"[load] stopped with SIGTERM: exit code {code}; Gradio cache {len(cached)} files "
           f"before, {len(left)} after ({sum(p.stat().st_size for p in left)} bytes)")
     assert code == 0, server.log()
     assert "STOPPED" in server.log()  # launch_demo returned: SIGTERM stopped the server as Ctrl+C does

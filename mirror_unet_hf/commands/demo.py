@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_upload_mb is not None and not args.max_upload_mb > 0:
         raise UserInputError(f"--max-upload-mb {args.max_upload_mb:g} must be positive")
     try:
-        from ..demo_app import (
+        from ..demo.app import (
             MAX_UPLOAD_MB,
             REPO_DEMO_DIR,
             build_demo,
