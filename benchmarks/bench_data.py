@@ -38,18 +38,35 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results/data.json", help="JSON file for the results")
     parser.add_argument("--studies", type=int, default=8, help="phantom studies to generate (default 8)")
-    parser.add_argument("--shape", type=int, nargs=3, default=[96, 96, 80], help="phantom shape in voxels (default 96 96 80)")
+    parser.add_argument(
+        "--shape", type=int, nargs=3, default=[96, 96, 80], help="phantom shape in voxels (default 96 96 80)"
+    )
     parser.add_argument("--patch", type=int, nargs=3, default=[96, 96, 96], help="patch size (default 96 96 96)")
     parser.add_argument("--batch-size", type=int, default=2, help="DataLoader batch size (default 2)")
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader worker counts to time (default: 0, the DataLoader default, and 2)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed epochs per worker count after one warm-up (default 5)")
-    parser.add_argument("--whole-body-repeats", type=int, default=3, help="timed whole-body preprocessing runs after one warm-up (default 3)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[0, 2],
+        help="DataLoader worker counts to time (default: 0, the DataLoader default, and 2)",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timed epochs per worker count after one warm-up (default 5)"
+    )
+    parser.add_argument(
+        "--whole-body-repeats",
+        type=int,
+        default=3,
+        help="timed whole-body preprocessing runs after one warm-up (default 3)",
+    )
     return parser.parse_args()
 
 
 def time_epochs(dataset: MirrorPatchDataset, workers: int, batch_size: int, repeats: int) -> list[float]:
     """Patches per second of each timed epoch (the first epoch, including worker start-up, is a warm-up)."""
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0
+    )
     rates = []
     for epoch in range(repeats + 1):
         dataset.set_epoch(epoch)
@@ -85,7 +102,12 @@ def main() -> int:
     args = parse_args()
     config = PreprocessingConfig.for_dataset("autopet")
     results: dict = {
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
     }
     with tempfile.TemporaryDirectory(prefix="bench_data_") as scratch:
@@ -113,12 +135,16 @@ def main() -> int:
     whole = time_whole_body(args.whole_body_repeats)
     results["whole_body_preprocess_seconds"] = {"median": statistics.median(whole), "runs": whole}
 
-    print(f"phantoms: {args.studies} x {tuple(args.shape)} in {results['phantoms_seconds']:.1f} s; dataset build {results['build_seconds']:.1f} s; "
-          f"preprocess {results['prepare_seconds_per_study']:.2f} s/study; read one prepared study {results['read_prepared_study_ms_median']:.1f} ms")
+    print(
+        f"phantoms: {args.studies} x {tuple(args.shape)} in {results['phantoms_seconds']:.1f} s; dataset build {results['build_seconds']:.1f} s; "
+        f"preprocess {results['prepare_seconds_per_study']:.2f} s/study; read one prepared study {results['read_prepared_study_ms_median']:.1f} ms"
+    )
     print(f"{'workers':>8} | {'patches/s (median)':>18} | {'patch':>12} | batch")
     for workers, value in results["patches_per_second"].items():
         print(f"{workers:>8} | {value['median']:>18.1f} | {'x'.join(map(str, args.patch)):>12} | {args.batch_size}")
-    print(f"whole-body 400x400x326 preprocess_study (in memory): median {results['whole_body_preprocess_seconds']['median']:.2f} s")
+    print(
+        f"whole-body 400x400x326 preprocess_study (in memory): median {results['whole_body_preprocess_seconds']['median']:.2f} s"
+    )
     out = Path(args.out)
     atomic_write_bytes(out, (json.dumps(results, indent=2) + "\n").encode())
     print(f"wrote {out}")

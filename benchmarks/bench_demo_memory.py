@@ -40,7 +40,7 @@ from common import RESULTS, ROOT, machine, print_table, write_json
 
 # The server: the demo as `mirror-unet demo` serves it, plus a census on SIGUSR1 (garbage collection, live
 # Session/ViewerStudy objects, malloc_trim) written as JSON for this script to read.
-LAUNCHER = '''
+LAUNCHER = """
 import ctypes, gc, json, signal, sys
 from pathlib import Path
 options = json.loads(sys.argv[1])
@@ -62,14 +62,15 @@ demo = app.build_demo(options["model"], None, queue_size=options["sessions"] + 2
 print("SESSIONS_ROOT", demo.sessions_root, flush=True)
 app.launch_demo(demo, server_name="127.0.0.1", server_port=options["port"], ssr_mode=False, quiet=True,
                 state_session_capacity=options["sessions"])
-'''
+"""
 WAIT_S = 600  # for the server to start, to forget closed sessions, to answer a census
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(ROOT / "demo" / "checkpoint"),
-                        help="save_pretrained folder (default: demo/checkpoint)")
+    parser.add_argument(
+        "--model", default=str(ROOT / "demo" / "checkpoint"), help="save_pretrained folder (default: demo/checkpoint)"
+    )
     parser.add_argument("--rounds", type=int, default=4, help="rounds of sessions after the warm-up (default 4)")
     parser.add_argument("--sessions", type=int, default=8, help="sessions at once in each round (default 8)")
     parser.add_argument("--shape", type=int, nargs=3, default=[96, 96, 64], help="phantom study shape in voxels")
@@ -110,16 +111,28 @@ class Server(SimpleNamespace):
         for name in ("tmp", "gradio"):
             (folder / name).mkdir(parents=True)
         options = {"model": model, "port": port, "sessions": sessions, "census": str(folder / "census.json")}
-        env = {**os.environ, "TMPDIR": str(folder / "tmp"), "GRADIO_TEMP_DIR": str(folder / "gradio"),
-               "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_IS_E2E_TEST": "1",
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        env = {
+            **os.environ,
+            "TMPDIR": str(folder / "tmp"),
+            "GRADIO_TEMP_DIR": str(folder / "gradio"),
+            "GRADIO_ANALYTICS_ENABLED": "False",
+            "GRADIO_IS_E2E_TEST": "1",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        }
         (folder / "launcher.py").write_text(LAUNCHER)
         log = (folder / "server.log").open("w")
         command = [sys.executable, str(folder / "launcher.py"), json.dumps(options)]
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-        server = cls(process=process, log=log, log_path=folder / "server.log", url=f"http://127.0.0.1:{port}/",
-                     gradio=folder / "gradio", census_path=folder / "census.json")
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        server = cls(
+            process=process,
+            log=log,
+            log_path=folder / "server.log",
+            url=f"http://127.0.0.1:{port}/",
+            gradio=folder / "gradio",
+            census_path=folder / "census.json",
+        )
         server.wait_until_up()
         return server
 
@@ -156,10 +169,15 @@ class Server(SimpleNamespace):
             time.sleep(0.1)
         forgotten_s, rss = time.monotonic() - start, self.rss_mb()
         census = self.census()
-        return {"forgotten_s": round(forgotten_s, 2), "rss_mb": round(rss, 1),
-                "rss_trimmed_mb": round(self.rss_mb(), 1), "live_after_gc": census["after_gc"],
-                "live_before_gc": census["before_gc"], "session_folders": self.session_folders(),
-                "gradio_cache_mb": round(self.cache_mb(), 1)}
+        return {
+            "forgotten_s": round(forgotten_s, 2),
+            "rss_mb": round(rss, 1),
+            "rss_trimmed_mb": round(self.rss_mb(), 1),
+            "live_after_gc": census["after_gc"],
+            "live_before_gc": census["before_gc"],
+            "session_folders": self.session_folders(),
+            "gradio_cache_mb": round(self.cache_mb(), 1),
+        }
 
     def census(self) -> dict:
         """SIGUSR1 to the server: garbage collection, live objects, allocator trimmed; its JSON answer."""
@@ -213,7 +231,7 @@ def run_round(server: Server, studies: list[SimpleNamespace]) -> dict:
     def work(study):
         try:
             run_session(server, study)
-        except Exception as error:  # noqa: BLE001 - reported below
+        except Exception as error:
             errors.append(f"{type(error).__name__}: {error}")
 
     threads = [threading.Thread(target=work, args=(study,)) for study in studies]
@@ -246,8 +264,10 @@ def measure(args: argparse.Namespace) -> tuple[dict, list[dict]]:
             rounds = []
             for number in range(1, args.rounds + 1):
                 rounds.append({"round": number, **run_round(server, studies), **server.settle()})
-                print(f"round {number}: RSS {rounds[-1]['rss_mb']:.0f} MB, "
-                      f"trimmed {rounds[-1]['rss_trimmed_mb']:.0f} MB", flush=True)
+                print(
+                    f"round {number}: RSS {rounds[-1]['rss_mb']:.0f} MB, trimmed {rounds[-1]['rss_trimmed_mb']:.0f} MB",
+                    flush=True,
+                )
         finally:
             server.stop()
     return warmup, rounds
@@ -255,17 +275,39 @@ def measure(args: argparse.Namespace) -> tuple[dict, list[dict]]:
 
 def report(args: argparse.Namespace, warmup: dict, rounds: list[dict]) -> float:
     """Print the table and the growth; returns the trimmed growth from round 1 to the last, MB."""
-    headers = ["round", "seconds", "peak RSS MB", "RSS MB", "trimmed MB", "live sessions", "live studies", "folders",
-               "cache MB"]
-    rows = [[r["round"], r["seconds"], r["peak_rss_mb"], r["rss_mb"], r["rss_trimmed_mb"],
-             r["live_after_gc"]["sessions"], r["live_after_gc"]["studies"], r["session_folders"], r["gradio_cache_mb"]]
-            for r in rounds]
+    headers = [
+        "round",
+        "seconds",
+        "peak RSS MB",
+        "RSS MB",
+        "trimmed MB",
+        "live sessions",
+        "live studies",
+        "folders",
+        "cache MB",
+    ]
+    rows = [
+        [
+            r["round"],
+            r["seconds"],
+            r["peak_rss_mb"],
+            r["rss_mb"],
+            r["rss_trimmed_mb"],
+            r["live_after_gc"]["sessions"],
+            r["live_after_gc"]["studies"],
+            r["session_folders"],
+            r["gradio_cache_mb"],
+        ]
+        for r in rounds
+    ]
     shape = "x".join(map(str, args.shape))
     print_table(headers, rows, title=f"\n{args.sessions} sessions per round, {shape} voxels, model {args.model}")
     growth = rounds[-1]["rss_trimmed_mb"] - rounds[0]["rss_trimmed_mb"]
     print(f"after the warm-up session: RSS {warmup['rss_mb']:.0f} MB, trimmed {warmup['rss_trimmed_mb']:.0f} MB")
-    print(f"trimmed RSS growth from round 1 to round {args.rounds}: {growth:+.1f} MB "
-          f"({growth / ((args.rounds - 1) * args.sessions):+.2f} MB per session after round 1)")
+    print(
+        f"trimmed RSS growth from round 1 to round {args.rounds}: {growth:+.1f} MB "
+        f"({growth / ((args.rounds - 1) * args.sessions):+.2f} MB per session after round 1)"
+    )
     return growth
 
 
@@ -277,8 +319,17 @@ def main(argv=None) -> int:
     model = str(model.relative_to(ROOT)) if model.is_relative_to(ROOT) else args.model
     settings = {"model": model, "rounds": args.rounds, "sessions": args.sessions, "shape": args.shape}
     untrimmed = rounds[-1]["rss_mb"] - rounds[0]["rss_mb"]
-    write_json({"machine": machine(), "settings": settings, "warmup": warmup, "rounds": rounds,
-                "trimmed_growth_mb": round(growth, 1), "growth_mb": round(untrimmed, 1)}, args.out)
+    write_json(
+        {
+            "machine": machine(),
+            "settings": settings,
+            "warmup": warmup,
+            "rounds": rounds,
+            "trimmed_growth_mb": round(growth, 1),
+            "growth_mb": round(untrimmed, 1),
+        },
+        args.out,
+    )
     print(f"wrote {args.out}")
     return 0
 

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, machine, matmul_peak, memory_mib, print_table, run_child, summary, write_json  # noqa: E402
+from common import RESULTS, machine, matmul_peak, memory_mib, print_table, run_child, summary, write_json
 
 SPACING = (2.0364, 2.0364, 3.0)
 VARIANTS = ("reference", "reference-logits", "fp32", "default", "bf16-1worker", "bf16-window128", "bf16-batch4")
@@ -46,12 +46,26 @@ DEFAULT_VARIANTS = ("reference", "fp32", "default", "bf16-1worker", "bf16-window
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", type=int, nargs=3, default=[400, 400, 326], help="study shape in voxels (default: AutoPET's 400 400 326)")
-    parser.add_argument("--model", help="save_pretrained folder (default: autopet-v3, official widths, random init, seed 0)")
-    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=VARIANTS, help="variants to run")
+    parser.add_argument(
+        "--shape",
+        type=int,
+        nargs=3,
+        default=[400, 400, 326],
+        help="study shape in voxels (default: AutoPET's 400 400 326)",
+    )
+    parser.add_argument(
+        "--model", help="save_pretrained folder (default: autopet-v3, official widths, random init, seed 0)"
+    )
+    parser.add_argument(
+        "--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=VARIANTS, help="variants to run"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="runs of each of our variants (default 3)")
-    parser.add_argument("--reference-repeats", type=int, default=1, help="runs of the reference variants (default 1: they are slow)")
-    parser.add_argument("--cache", help="folder for the synthetic study and the random model (default: a temporary folder)")
+    parser.add_argument(
+        "--reference-repeats", type=int, default=1, help="runs of the reference variants (default 1: they are slow)"
+    )
+    parser.add_argument(
+        "--cache", help="folder for the synthetic study and the random model (default: a temporary folder)"
+    )
     parser.add_argument("--peak-repeats", type=int, default=5, help="timed matmuls for the peak (default 5)")
     parser.add_argument("--out", default=str(RESULTS / "inference.json"), help="JSON results file")
     parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
@@ -164,8 +178,15 @@ def child(args) -> int:
             end = time.perf_counter()
         record.update(
             seconds=end - start,
-            stages={"preprocess": after_preprocess - start, "network": after_network - after_preprocess, "restore": end - after_network},
-            precision="fp32", workers=1, window=list(window), window_batch=4,
+            stages={
+                "preprocess": after_preprocess - start,
+                "network": after_network - after_preprocess,
+                "restore": end - after_network,
+            },
+            precision="fp32",
+            workers=1,
+            window=list(window),
+            window_batch=4,
             windows=_monai_windows(study.image.shape[1:], window),
         )
     else:
@@ -192,9 +213,13 @@ def child(args) -> int:
         from mirror_unet_hf.sliding_window import effective_window
 
         record.update(
-            seconds=end - start, stages=prediction.seconds, precision=prediction.run["precision"],
-            workers=prediction.run["workers"], windows=prediction.run["windows"],
-            window=list(effective_window(model, prediction.preprocessed.image.shape[1:], used)), window_batch=prediction.run["window_batch"],
+            seconds=end - start,
+            stages=prediction.seconds,
+            precision=prediction.run["precision"],
+            workers=prediction.run["workers"],
+            windows=prediction.run["windows"],
+            window=list(effective_window(model, prediction.preprocessed.image.shape[1:], used)),
+            window_batch=prediction.run["window_batch"],
         )
     record["foreground_fraction"] = float((mask != 0).mean())
     record["peak_rss_mib"] = memory_mib()["peak_rss_mib"]
@@ -253,9 +278,15 @@ def main(argv=None) -> int:
         results = {
             "benchmark": "whole-body inference",
             "machine_before": machine(),
-            "settings": {"shape": list(shape), "spacing_mm": list(SPACING), "model": str(args.model or "autopet-v3 random init, seed 0"),
-                         "preset_patch": list(config.patch_size), "variants": args.variants, "repeats": args.repeats,
-                         "reference_repeats": args.reference_repeats},
+            "settings": {
+                "shape": list(shape),
+                "spacing_mm": list(SPACING),
+                "model": str(args.model or "autopet-v3 random init, seed 0"),
+                "preset_patch": list(config.patch_size),
+                "variants": args.variants,
+                "repeats": args.repeats,
+                "reference_repeats": args.reference_repeats,
+            },
             "matmul_peak": peak,
             "window_flops": {"window": window, "all_parts": flops["all"], "logits_only": flops["logits"]},
             "variants": {},
@@ -267,8 +298,18 @@ def main(argv=None) -> int:
             runs = []
             for index in range(repeats):
                 result_file = cache / f"result-{variant}-{index}.json"
-                command = [sys.executable, str(Path(__file__).resolve()), "--child", variant, "--study", str(study),
-                           "--model", str(model_path), "--result", str(result_file)]
+                command = [
+                    sys.executable,
+                    str(Path(__file__).resolve()),
+                    "--child",
+                    variant,
+                    "--study",
+                    str(study),
+                    "--model",
+                    str(model_path),
+                    "--result",
+                    str(result_file),
+                ]
                 code, wall, peak_mib = run_child(command)
                 if code != 0:
                     raise SystemExit(f"variant {variant} failed with exit code {code}")
@@ -277,8 +318,12 @@ def main(argv=None) -> int:
                 peak_mib = record["peak_rss_mib"]
                 runs.append(record)
                 masks[variant] = np.load(result_file.with_suffix(".npy"))
-                print(f"  {variant} run {index + 1}/{repeats}: {record['seconds']:.1f} s (network {record['stages']['network']:.1f} s), "
-                      f"peak {peak_mib:.0f} MiB", file=sys.stderr, flush=True)
+                print(
+                    f"  {variant} run {index + 1}/{repeats}: {record['seconds']:.1f} s (network {record['stages']['network']:.1f} s), "
+                    f"peak {peak_mib:.0f} MiB",
+                    file=sys.stderr,
+                    flush=True,
+                )
             seconds = [r["seconds"] for r in runs]
             network = [r["stages"]["network"] for r in runs]
             per_window = per_voxel["all" if variant == "reference" else "logits"] * float(np.prod(runs[0]["window"]))
@@ -301,31 +346,65 @@ def main(argv=None) -> int:
                 "percent_of_bf16_peak": 100.0 * gflops / peak["bf16"]["peak_gflops"],
                 "foreground_fraction": runs[0]["foreground_fraction"],
             }
-        reference_name = "reference" if "reference" in masks else next((v for v in order if v.startswith("reference")), None)
+        reference_name = (
+            "reference" if "reference" in masks else next((v for v in order if v.startswith("reference")), None)
+        )
         if reference_name is not None:
             reference = results["variants"][reference_name]
             for variant, entry in results["variants"].items():
                 entry["speedup_vs_reference"] = reference["seconds"]["median"] / entry["seconds"]["median"]
-                entry["network_speedup_vs_reference"] = reference["network_seconds"]["median"] / entry["network_seconds"]["median"]
+                entry["network_speedup_vs_reference"] = (
+                    reference["network_seconds"]["median"] / entry["network_seconds"]["median"]
+                )
                 entry["agreement_with_reference"] = agreement(masks[variant], masks[reference_name])
         results["reference_variant"] = reference_name
         results["machine_after"] = machine()
         rows = []
         for variant, e in results["variants"].items():
             agree = e.get("agreement_with_reference") or {}
-            rows.append([
-                variant, e["precision"], e["workers"], "x".join(map(str, e["window"])), e["window_batch"], e["windows"],
-                e["seconds"]["median"], e["network_seconds"]["median"], e.get("speedup_vs_reference"),
-                e["network_gflops"], e["percent_of_bf16_peak"], e["peak_rss_mib"], e["peak_rss_mib_until_first_window"],
-                None if not agree else 100.0 * agree["voxels_equal"], agree.get("dice"), 100.0 * e["foreground_fraction"],
-            ])
+            rows.append(
+                [
+                    variant,
+                    e["precision"],
+                    e["workers"],
+                    "x".join(map(str, e["window"])),
+                    e["window_batch"],
+                    e["windows"],
+                    e["seconds"]["median"],
+                    e["network_seconds"]["median"],
+                    e.get("speedup_vs_reference"),
+                    e["network_gflops"],
+                    e["percent_of_bf16_peak"],
+                    e["peak_rss_mib"],
+                    e["peak_rss_mib_until_first_window"],
+                    None if not agree else 100.0 * agree["voxels_equal"],
+                    agree.get("dice"),
+                    100.0 * e["foreground_fraction"],
+                ]
+            )
         print_table(
-            ["variant", "prec", "workers", "window", "wb", "windows", "total s", "network s", "speed-up", "GFLOP/s",
-             "% bf16 peak", "peak MiB", "peak MiB to 1st window", "% voxels =", "Dice vs ref", "% fg"],
+            [
+                "variant",
+                "prec",
+                "workers",
+                "window",
+                "wb",
+                "windows",
+                "total s",
+                "network s",
+                "speed-up",
+                "GFLOP/s",
+                "% bf16 peak",
+                "peak MiB",
+                "peak MiB to 1st window",
+                "% voxels =",
+                "Dice vs ref",
+                "% fg",
+            ],
             rows,
             title=f"whole-body {shape} at {SPACING} mm, model {results['settings']['model']}; matmul peak "
-                  f"{peak['fp32']['peak_gflops']:.0f} GFLOP/s fp32, {peak['bf16']['peak_gflops']:.0f} bf16; "
-                  f"load {results['machine_before']['load_average_1_5_15min']} -> {results['machine_after']['load_average_1_5_15min']}",
+            f"{peak['fp32']['peak_gflops']:.0f} GFLOP/s fp32, {peak['bf16']['peak_gflops']:.0f} bf16; "
+            f"load {results['machine_before']['load_average_1_5_15min']} -> {results['machine_after']['load_average_1_5_15min']}",
         )
         print(f"wrote {write_json(results, args.out)}")
         return 0

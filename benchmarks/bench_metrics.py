@@ -135,8 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     identical = fast == reference
     fast_median, reference_median = statistics.median(fast_runs), statistics.median(reference_runs)
 
-    print(f"input {source}: shape {gt.shape}, spacing {tuple(round(s, 5) for s in spacing)} mm, "
-          f"{gt_components} GT lesions, {pred_components} predicted components")
+    print(
+        f"input {source}: shape {gt.shape}, spacing {tuple(round(s, 5) for s in spacing)} mm, "
+        f"{gt_components} GT lesions, {pred_components} predicted components"
+    )
     print(f"{'implementation':<34}{'median s':>10}  runs (s)")
     rows = (("single pass (label + bincount)", fast_runs), ("per component (official loop)", reference_runs))
     for name, runs in rows:

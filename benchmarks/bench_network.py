@@ -30,14 +30,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, matmul_peak, print_table, summary, timed, write_json  # noqa: E402
+from common import RESULTS, machine, matmul_peak, print_table, summary, timed, write_json
 
 PRESETS = ("autopet-v1", "autopet-v2", "autopet-v3", "autopet-early-fusion")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=list(PRESETS), help="presets to time (default: v1, v2, v3, early fusion)")
+    parser.add_argument(
+        "--presets", nargs="+", default=list(PRESETS), help="presets to time (default: v1, v2, v3, early fusion)"
+    )
     parser.add_argument("--side", type=int, default=96, help="patch side in voxels (default 96)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per row after one warm-up (default 3)")
     parser.add_argument("--no-backward", action="store_true", help="skip the forward+backward rows")
@@ -64,23 +66,49 @@ def main(argv=None) -> int:
     side = args.side
     threads = torch.get_num_threads()
     peak = matmul_peak()
-    results = {"benchmark": "network, one patch", "machine_before": machine(), "matmul_peak": peak,
-               "settings": {"side": side, "repeats": args.repeats, "presets": args.presets}, "rows": []}
+    results = {
+        "benchmark": "network, one patch",
+        "machine_before": machine(),
+        "matmul_peak": peak,
+        "settings": {"side": side, "repeats": args.repeats, "presets": args.presets},
+        "rows": [],
+    }
 
     def autocast(precision):
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
-    def add_row(model_name, mode, precision, flops, runs, windows_per_run=1, execution=f"1 stream x {threads} threads", used=threads):
+    def add_row(
+        model_name,
+        mode,
+        precision,
+        flops,
+        runs,
+        windows_per_run=1,
+        execution=f"1 stream x {threads} threads",
+        used=threads,
+    ):
         seconds = statistics.median(runs) / windows_per_run
         gflops = flops / seconds / 1e9
-        row = {"model": model_name, "mode": mode, "precision": precision, "execution": execution,
-               "gflop": flops / 1e9, "seconds": seconds, "runs": summary(runs), "gflops": gflops,
-               "percent_of_peak": 100.0 * gflops / peak[precision]["peak_gflops"],
-               "percent_of_bf16_peak": 100.0 * gflops / peak["bf16"]["peak_gflops"],
-               # against the matmul of the same number of threads, each measured alone (robust to load)
-               "percent_of_thread_peak": 100.0 * gflops / (used * peak[precision]["one_thread_best_gflops"])}
+        row = {
+            "model": model_name,
+            "mode": mode,
+            "precision": precision,
+            "execution": execution,
+            "gflop": flops / 1e9,
+            "seconds": seconds,
+            "runs": summary(runs),
+            "gflops": gflops,
+            "percent_of_peak": 100.0 * gflops / peak[precision]["peak_gflops"],
+            "percent_of_bf16_peak": 100.0 * gflops / peak["bf16"]["peak_gflops"],
+            # against the matmul of the same number of threads, each measured alone (robust to load)
+            "percent_of_thread_peak": 100.0 * gflops / (used * peak[precision]["one_thread_best_gflops"]),
+        }
         results["rows"].append(row)
-        print(f"  {model_name} {mode} {precision} {execution}: {seconds:.3f} s, {gflops:.1f} GFLOP/s", file=sys.stderr, flush=True)
+        print(
+            f"  {model_name} {mode} {precision} {execution}: {seconds:.3f} s, {gflops:.1f} GFLOP/s",
+            file=sys.stderr,
+            flush=True,
+        )
 
     models = []
     for preset in args.presets:
@@ -122,7 +150,9 @@ def main(argv=None) -> int:
 
         # the inference path of sliding_window_predict(precision="bf16")
         if name in ("autopet-v3", "autopet-early-fusion", "monai-unet") or name == args.presets[0]:
-            net = (fold_batch_norm(model) if ours else copy.deepcopy(model).eval()).to(memory_format=torch.channels_last_3d)
+            net = (fold_batch_norm(model) if ours else copy.deepcopy(model).eval()).to(
+                memory_format=torch.channels_last_3d
+            )
             xc = x.contiguous(memory_format=torch.channels_last_3d)
 
             def window(n=net):
@@ -145,13 +175,39 @@ def main(argv=None) -> int:
                 add_row(name, f"inference path ({suffix})", "bf16", flops, runs, batch, f"{threads} workers x 1 thread")
 
     results["machine_after"] = machine()
-    rows = [[r["model"], r["mode"], r["precision"], r["execution"], r["gflop"], r["seconds"], r["gflops"],
-             r["percent_of_peak"], r["percent_of_bf16_peak"], r["percent_of_thread_peak"]] for r in results["rows"]]
-    print_table(["model", "mode", "prec", "execution", "GFLOP", "s / patch", "GFLOP/s", "% peak", "% bf16 peak",
-                 "% peak of its threads"], rows,
-                title=f"one {side}³ patch; matmul peak {peak['fp32']['peak_gflops']:.0f} GFLOP/s fp32, {peak['bf16']['peak_gflops']:.0f} bf16 "
-                      f"({threads} threads); load {results['machine_before']['load_average_1_5_15min']} -> "
-                      f"{results['machine_after']['load_average_1_5_15min']}")
+    rows = [
+        [
+            r["model"],
+            r["mode"],
+            r["precision"],
+            r["execution"],
+            r["gflop"],
+            r["seconds"],
+            r["gflops"],
+            r["percent_of_peak"],
+            r["percent_of_bf16_peak"],
+            r["percent_of_thread_peak"],
+        ]
+        for r in results["rows"]
+    ]
+    print_table(
+        [
+            "model",
+            "mode",
+            "prec",
+            "execution",
+            "GFLOP",
+            "s / patch",
+            "GFLOP/s",
+            "% peak",
+            "% bf16 peak",
+            "% peak of its threads",
+        ],
+        rows,
+        title=f"one {side}³ patch; matmul peak {peak['fp32']['peak_gflops']:.0f} GFLOP/s fp32, {peak['bf16']['peak_gflops']:.0f} bf16 "
+        f"({threads} threads); load {results['machine_before']['load_average_1_5_15min']} -> "
+        f"{results['machine_after']['load_average_1_5_15min']}",
+    )
     print(f"wrote {write_json(results, args.out)}")
     return 0
 

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, memory_mib, print_table, run_child, summary, write_json  # noqa: E402
+from common import RESULTS, machine, memory_mib, print_table, run_child, summary, write_json
 
 VARIANTS = ("v3-fp32", "v3-bf16", "v3-bf16-channels-last", "monai-fp32", "monai-bf16", "v3-bf16-loader")
 
@@ -42,7 +42,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=2, help="patches per step (default 2)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per variant (default 3)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
-    parser.add_argument("--loader-workers", type=int, default=2, help="DataLoader workers for v3-bf16-loader (train.py's default 2)")
+    parser.add_argument(
+        "--loader-workers", type=int, default=2, help="DataLoader workers for v3-bf16-loader (train.py's default 2)"
+    )
     parser.add_argument("--phantoms", type=int, default=8, help="phantom studies for the loader variant (default 8)")
     parser.add_argument("--out", default=str(RESULTS / "train.json"))
     parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
@@ -80,8 +82,14 @@ def loader_batches(args, data_dir: Path):
     def collate(items):
         return {key: torch.stack([item[key] for item in items]) for key in ("pixel_values", "labels")}
 
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch, num_workers=args.loader_workers,
-                                         drop_last=True, collate_fn=collate, persistent_workers=args.loader_workers > 0)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=args.batch,
+        num_workers=args.loader_workers,
+        drop_last=True,
+        collate_fn=collate,
+        persistent_workers=args.loader_workers > 0,
+    )
     epoch = 0
     while True:
         dataset.set_epoch(epoch)
@@ -139,7 +147,9 @@ def child(args) -> int:
         if step >= args.warmup:
             seconds.append(time.perf_counter() - start)
             waits.append(got - start)
-    Path(args.result).write_text(json.dumps({"seconds": seconds, "data_wait_seconds": waits, "peak_rss_mib": memory_mib()["peak_rss_mib"]}))
+    Path(args.result).write_text(
+        json.dumps({"seconds": seconds, "data_wait_seconds": waits, "peak_rss_mib": memory_mib()["peak_rss_mib"]})
+    )
     return 0
 
 
@@ -147,8 +157,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.child:
         return child(args)
-    results = {"benchmark": "training steps", "machine_before": machine(),
-               "settings": {k: v for k, v in vars(args).items() if k not in ("out", "child", "result", "data")}, "variants": {}}
+    results = {
+        "benchmark": "training steps",
+        "machine_before": machine(),
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "child", "result", "data")},
+        "variants": {},
+    }
     with tempfile.TemporaryDirectory(prefix="bench_train_") as scratch:
         scratch = Path(scratch)
         if "v3-bf16-loader" in args.variants:
@@ -157,18 +171,39 @@ def main(argv=None) -> int:
             make_phantoms("autopet", scratch / "raw", n=args.phantoms, seed=0)
         for variant in [v for v in VARIANTS if v in args.variants]:
             result = scratch / f"{variant}.json"
-            command = [sys.executable, str(Path(__file__).resolve()), "--child", variant, "--result", str(result),
-                       "--data", str(scratch), "--patch", str(args.patch), "--batch", str(args.batch),
-                       "--steps", str(args.steps), "--warmup", str(args.warmup), "--loader-workers", str(args.loader_workers)]
+            command = [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--child",
+                variant,
+                "--result",
+                str(result),
+                "--data",
+                str(scratch),
+                "--patch",
+                str(args.patch),
+                "--batch",
+                str(args.batch),
+                "--steps",
+                str(args.steps),
+                "--warmup",
+                str(args.warmup),
+                "--loader-workers",
+                str(args.loader_workers),
+            ]
             code, wall, peak_mib = run_child(command)
             if code != 0:
                 raise SystemExit(f"variant {variant} failed with exit code {code}")
             record = json.loads(result.read_text())
             peak_mib = record["peak_rss_mib"]  # the child's own VmHWM (DataLoader worker processes not included)
             median = statistics.median(record["seconds"])
-            results["variants"][variant] = {"seconds_per_step": summary(record["seconds"]), "steps_per_second": 1.0 / median,
-                                            "data_wait_seconds": summary(record["data_wait_seconds"]),
-                                            "peak_rss_mib": peak_mib, "process_seconds": wall}
+            results["variants"][variant] = {
+                "seconds_per_step": summary(record["seconds"]),
+                "steps_per_second": 1.0 / median,
+                "data_wait_seconds": summary(record["data_wait_seconds"]),
+                "peak_rss_mib": peak_mib,
+                "process_seconds": wall,
+            }
             print(f"  {variant}: {median:.2f} s/step, peak {peak_mib:.0f} MiB", file=sys.stderr, flush=True)
     variants = results["variants"]
     for name, entry in variants.items():
@@ -180,11 +215,23 @@ def main(argv=None) -> int:
             variants["v3-bf16-loader"]["seconds_per_step"]["median"] / variants["v3-bf16"]["seconds_per_step"]["median"]
         )
     results["machine_after"] = machine()
-    rows = [[name, e["seconds_per_step"]["median"], e["steps_per_second"], e.get("time_vs_monai"), e["data_wait_seconds"]["median"],
-             e["peak_rss_mib"]] for name, e in variants.items()]
-    print_table(["variant", "s / step", "steps / s", "time vs MONAI", "data wait s", "peak MiB"], rows,
-                title=f"training steps: batch {args.batch} x {args.patch}³, Adam; load {results['machine_before']['load_average_1_5_15min']} -> "
-                      f"{results['machine_after']['load_average_1_5_15min']}")
+    rows = [
+        [
+            name,
+            e["seconds_per_step"]["median"],
+            e["steps_per_second"],
+            e.get("time_vs_monai"),
+            e["data_wait_seconds"]["median"],
+            e["peak_rss_mib"],
+        ]
+        for name, e in variants.items()
+    ]
+    print_table(
+        ["variant", "s / step", "steps / s", "time vs MONAI", "data wait s", "peak MiB"],
+        rows,
+        title=f"training steps: batch {args.batch} x {args.patch}³, Adam; load {results['machine_before']['load_average_1_5_15min']} -> "
+        f"{results['machine_after']['load_average_1_5_15min']}",
+    )
     if "v3-bf16-loader" in variants and "v3-bf16" in variants:
         print(f"real loader / pre-made tensors step time: {variants['v3-bf16-loader']['time_vs_premade']:.2f}")
     print(f"wrote {write_json(results, args.out)}")

@@ -175,7 +175,11 @@ def print_table(headers: list[str], rows: list[list], title: str | None = None) 
     if title:
         print(title)
     for index, row in enumerate(cells):
-        print("  ".join(value.rjust(width) if i else value.ljust(width) for i, (value, width) in enumerate(zip(row, widths))))
+        print(
+            "  ".join(
+                value.rjust(width) if i else value.ljust(width) for i, (value, width) in enumerate(zip(row, widths))
+            )
+        )
         if index == 0:
             print("  ".join("-" * width for width in widths))
 

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, write_json  # noqa: E402
+from common import RESULTS, machine, write_json
 
 
 def main(argv=None) -> int:
@@ -38,12 +38,16 @@ def main(argv=None) -> int:
     model = MirrorUNetModel(MirrorUNetConfig.from_preset(args.preset)).eval()
     x = torch.rand(1, len(model.config.modalities), args.side, args.side, args.side)
     paths = {
-        "bf16 inference path": (fold_batch_norm(model).to(memory_format=torch.channels_last_3d),
-                                x.contiguous(memory_format=torch.channels_last_3d), True),
+        "bf16 inference path": (
+            fold_batch_norm(model).to(memory_format=torch.channels_last_3d),
+            x.contiguous(memory_format=torch.channels_last_3d),
+            True,
+        ),
         "fp32": (model, x, False),
     }
     results = {"machine": machine(), "settings": vars(args), "paths": {}}
     for name, (net, inputs, bf16) in paths.items():
+
         def run():
             with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 net(inputs, parts=["logits"])
@@ -54,13 +58,22 @@ def main(argv=None) -> int:
                 run()
         events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
         total = sum(e.self_cpu_time_total for e in events)
-        print(f"\n{name}: {args.windows} windows of {args.side}³, {args.threads} thread(s), "
-              f"{total / 1e6 / args.windows:.3f} s per window (profiled)")
+        print(
+            f"\n{name}: {args.windows} windows of {args.side}³, {args.threads} thread(s), "
+            f"{total / 1e6 / args.windows:.3f} s per window (profiled)"
+        )
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
         results["paths"][name] = {
             "seconds_per_window": total / 1e6 / args.windows,
-            "top": [{"op": e.key, "calls": e.count, "self_seconds_per_window": e.self_cpu_time_total / 1e6 / args.windows,
-                     "share": e.self_cpu_time_total / total} for e in events[: args.rows]],
+            "top": [
+                {
+                    "op": e.key,
+                    "calls": e.count,
+                    "self_seconds_per_window": e.self_cpu_time_total / 1e6 / args.windows,
+                    "share": e.self_cpu_time_total / total,
+                }
+                for e in events[: args.rows]
+            ],
         }
     print(f"wrote {write_json(results, args.out)}")
     return 0

@@ -57,8 +57,17 @@ class Lesion:
         return dict(
             zip(
                 LESION_COLUMNS,
-                (self.lesion_id, self.voxel_count, self.volume_ml, self.suv_max, self.suv_mean, self.tlg,
-                 *self.centroid_mm, *self.bbox_min, *self.bbox_max),
+                (
+                    self.lesion_id,
+                    self.voxel_count,
+                    self.volume_ml,
+                    self.suv_max,
+                    self.suv_mean,
+                    self.tlg,
+                    *self.centroid_mm,
+                    *self.bbox_min,
+                    *self.bbox_max,
+                ),
             )
         )
 

@@ -164,11 +164,13 @@ class BraTSMetrics:
 
 def _check_brats_labels(labels: np.ndarray, name: str) -> np.ndarray:
     labels = np.asarray(labels)
-    if not np.issubdtype(labels.dtype, np.integer):
-        if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
-            raise UserInputError(
-                f"{name} has non-integer label values; expected MSD BrainTumour labels 0..{BRATS_MAX_LABEL}"
-            )
+    fractional = not np.issubdtype(labels.dtype, np.integer) and (
+        not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels))
+    )
+    if fractional:
+        raise UserInputError(
+            f"{name} has non-integer label values; expected MSD BrainTumour labels 0..{BRATS_MAX_LABEL}"
+        )
     if labels.size and (labels.min() < 0 or labels.max() > BRATS_MAX_LABEL):
         bad = np.unique(labels[(labels < 0) | (labels > BRATS_MAX_LABEL)])[:5].tolist()
         raise UserInputError(

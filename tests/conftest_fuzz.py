@@ -48,9 +48,15 @@ def fuzz_report(request, tmp_path_factory):
         return
     _REPORTED.append(True)
     path = tmp_path_factory.getbasetemp() / "fuzz_counts.json"
-    payload = {"examples_per_property": FUZZ_EXAMPLES, "cases": dict(sorted(_COUNTS.items())), "total": sum(_COUNTS.values())}
+    payload = {
+        "examples_per_property": FUZZ_EXAMPLES,
+        "cases": dict(sorted(_COUNTS.items())),
+        "total": sum(_COUNTS.values()),
+    }
     path.write_text(json.dumps(payload, indent=2) + "\n")
-    line = f"fuzz cases tried ({FUZZ_EXAMPLES} examples/property): " + ", ".join(f"{k} {v}" for k, v in sorted(_COUNTS.items()))
+    line = f"fuzz cases tried ({FUZZ_EXAMPLES} examples/property): " + ", ".join(
+        f"{k} {v}" for k, v in sorted(_COUNTS.items())
+    )
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     if reporter is not None and capture is not None:
@@ -65,7 +71,9 @@ def fuzz_report(request, tmp_path_factory):
 def nifti_bytes(data: np.ndarray, affine=AFFINE, gz: bool = True, nifti2: bool = False, **fields) -> bytes:
     """A single-file NIfTI of ``data`` with header ``fields`` set raw (no nibabel fix-ups), gzipped or not."""
     image_class = nib.Nifti2Image if nifti2 else nib.Nifti1Image
-    image = image_class(data, affine, dtype=data.dtype if data.dtype.kind in "iu" and data.dtype.itemsize == 8 else None)
+    image = image_class(
+        data, affine, dtype=data.dtype if data.dtype.kind in "iu" and data.dtype.itemsize == 8 else None
+    )
     raw = bytearray(image.to_bytes())
     header = image.header.__class__(bytes(raw[: image.header.sizeof_hdr]), check=False)
     for key, value in fields.items():
@@ -113,7 +121,9 @@ def user_error_or_result(target: str, function, *args, **kwargs):
 
 def leftovers(folder: Path) -> list[str]:
     """Temporary or hidden files left in ``folder`` (recursively): what an interrupted or failed write leaves."""
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.name.startswith(".") or p.name.endswith(".tmp"))
+    return sorted(
+        str(p.relative_to(folder)) for p in folder.rglob("*") if p.name.startswith(".") or p.name.endswith(".tmp")
+    )
 
 
 SHAPE = (12, 10, 8)
@@ -181,7 +191,10 @@ UNUSABLE = {
     "2D": (nifti_bytes(VALID[:, :, 0]), "expected a 3D volume"),
     "4D with 2 volumes": (nifti_bytes(np.stack([VALID, VALID], -1)), "expected a 3D volume"),
     "5D": (nifti_bytes(VALID[..., None, None].repeat(2, 4)), "expected a 3D volume"),
-    "another grid, 10 m away": (with_sform(VALID, AFFINE + np.pad(np.array([[0, 0, 0, 10000.0]]), ((0, 3), (0, 0)))), "does not overlap"),
+    "another grid, 10 m away": (
+        with_sform(VALID, AFFINE + np.pad(np.array([[0, 0, 0, 10000.0]]), ((0, 3), (0, 0)))),
+        "does not overlap",
+    ),
 }
 # the reference modality (PET) decides the grid: 1 m voxels resampled to 2x2x3 mm would be 500x larger per axis
 HUGE_VOXELS = with_sform(VALID, np.diag([1000.0, 1000.0, 1000.0, 1.0]))

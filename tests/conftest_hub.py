@@ -40,7 +40,9 @@ def train_briefly(config: MirrorUNetConfig, seed: int, steps: int = 3) -> Mirror
     return model.eval()
 
 
-def save_checkpoint(model: MirrorUNetModel, folder: Path, metrics: dict | None = None, training_args: dict | None = None) -> Path:
+def save_checkpoint(
+    model: MirrorUNetModel, folder: Path, metrics: dict | None = None, training_args: dict | None = None
+) -> Path:
     """`save_pretrained` plus the JSON files the training script writes next to the weights."""
     model.save_pretrained(folder)
     if metrics is not None:
@@ -74,7 +76,9 @@ def logits(model: MirrorUNetModel, x: torch.Tensor) -> torch.Tensor:
         return model(x).logits
 
 
-def run_python(script: str, env: dict[str, str], cwd: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+def run_python(
+    script: str, env: dict[str, str], cwd: Path, *args: str, timeout: float = 240
+) -> subprocess.CompletedProcess:
     """Run `script` in a fresh interpreter with `env` added to (and overriding) this environment."""
     path = cwd / f"script_{abs(hash(script)) % 10**8}.py"
     path.write_text(script)

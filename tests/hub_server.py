@@ -17,6 +17,7 @@ The `hub` pytest fixture (import `hub_fixture` into a test module) gives a start
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import re
@@ -36,7 +37,9 @@ REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
 URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 TEST_TOKEN = "hf_loopback_test_token"
 TEST_USER = "tester"
-INITIAL_GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.nii.gz filter=lfs diff=lfs merge=lfs -text\n"
+INITIAL_GITATTRIBUTES = (
+    b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.nii.gz filter=lfs diff=lfs merge=lfs -text\n"
+)
 
 
 def git_blob_oid(data: bytes) -> str:
@@ -105,7 +108,7 @@ class LoopbackHub:
         assert self._server is not None, "server not started"
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def start(self) -> "LoopbackHub":
+    def start(self) -> LoopbackHub:
         handler = type("Handler", (_Handler,), {"hub": self})
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
@@ -122,17 +125,15 @@ class LoopbackHub:
         self._server.server_close()
         with self._lock:
             for connection in list(self._connections):
-                try:
+                with contextlib.suppress(OSError):
                     connection.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
         self._thread.join(timeout=5)
 
     @property
     def running(self) -> bool:
         return self._server is not None and not self._stopping.is_set()
 
-    def __enter__(self) -> "LoopbackHub":
+    def __enter__(self) -> LoopbackHub:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -335,7 +336,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         if rule is not None:
-            self._json(rule.status, {"error": f"injected failure {rule.status}"}, {"X-Error-Message": "injected failure"})
+            self._json(
+                rule.status, {"error": f"injected failure {rule.status}"}, {"X-Error-Message": "injected failure"}
+            )
             return
         try:
             self._route(method, split.path, parse_qs(split.query), body)
@@ -372,12 +375,15 @@ class _Handler(BaseHTTPRequestHandler):
         auth = self.hub._authorised(self.headers)
         if not auth:
             raise HubError(401, "Invalid credentials in Authorization header")
-        self._json(200, {
-            "type": "user",
-            "name": self.hub.user,
-            "orgs": [{"name": org, "type": "org"} for org in self.hub.orgs],
-            "auth": {"type": "access_token", "accessToken": {"displayName": "loopback", "role": "write"}},
-        })
+        self._json(
+            200,
+            {
+                "type": "user",
+                "name": self.hub.user,
+                "orgs": [{"name": org, "type": "org"} for org in self.hub.orgs],
+                "auth": {"type": "access_token", "accessToken": {"displayName": "loopback", "role": "write"}},
+            },
+        )
 
     def _create_repo(self, payload: dict):
         hub = self.hub
@@ -395,7 +401,9 @@ class _Handler(BaseHTTPRequestHandler):
                 raise HubError(400, "Space repos need an sdk (gradio, docker or static)")
             repo = Repo(repo_type, repo_id, private, sdk=payload.get("sdk") if repo_type == "space" else None)
             # Like the Hub, a new repo starts with one commit holding .gitattributes.
-            first = hub._new_commit(repo, None, {".gitattributes": hub._store_blob(INITIAL_GITATTRIBUTES)}, "initial commit")
+            first = hub._new_commit(
+                repo, None, {".gitattributes": hub._store_blob(INITIAL_GITATTRIBUTES)}, "initial commit"
+            )
             repo.branches["main"] = first.sha
             hub.repos[(repo_type, repo_id)] = repo
         self._json(200, {"url": url, "name": repo_id, "id": repo_id})
@@ -413,10 +421,17 @@ class _Handler(BaseHTTPRequestHandler):
             revision = rest[1] if action == "revision" and len(rest) > 1 else "main"
             return self._repo_info(repo, revision, query)
         if method == "GET" and action == "refs":
-            return self._json(200, {
-                "branches": [{"name": n, "ref": f"refs/heads/{n}", "targetCommit": s} for n, s in repo.branches.items()],
-                "tags": [], "converts": [], "pullRequests": [],
-            })
+            return self._json(
+                200,
+                {
+                    "branches": [
+                        {"name": n, "ref": f"refs/heads/{n}", "targetCommit": s} for n, s in repo.branches.items()
+                    ],
+                    "tags": [],
+                    "converts": [],
+                    "pullRequests": [],
+                },
+            )
         if method == "GET" and action == "tree" and len(rest) >= 2:
             recursive = query.get("recursive", ["false"])[0].lower() in ("1", "true")
             return self._tree(repo, rest[1], "/".join(rest[2:]), recursive)
@@ -448,21 +463,24 @@ class _Handler(BaseHTTPRequestHandler):
                 if query.get("blobs", ["false"])[0].lower() in ("1", "true"):
                     sibling.update(size=self._entry(path, oid)["size"], blobId=oid)
                 siblings.append(sibling)
-        self._json(200, {
-            "id": repo.repo_id,
-            "author": repo.repo_id.split("/")[0],
-            "sha": commit.sha,
-            "lastModified": commit.date,
-            "createdAt": repo.commits[next(iter(repo.commits))].date,
-            "private": repo.private,
-            "disabled": False,
-            "gated": False,
-            "downloads": 0,
-            "likes": 0,
-            "tags": [],
-            "siblings": siblings,
-            **({"sdk": repo.sdk} if repo.repo_type == "space" else {}),
-        })
+        self._json(
+            200,
+            {
+                "id": repo.repo_id,
+                "author": repo.repo_id.split("/")[0],
+                "sha": commit.sha,
+                "lastModified": commit.date,
+                "createdAt": repo.commits[next(iter(repo.commits))].date,
+                "private": repo.private,
+                "disabled": False,
+                "gated": False,
+                "downloads": 0,
+                "likes": 0,
+                "tags": [],
+                "siblings": siblings,
+                **({"sdk": repo.sdk} if repo.repo_type == "space" else {}),
+            },
+        )
 
     def _tree(self, repo: Repo, revision: str, folder: str, recursive: bool):
         with self.hub._lock:
@@ -474,13 +492,16 @@ class _Handler(BaseHTTPRequestHandler):
             for path, oid in sorted(commit.files.items()):
                 if not path.startswith(prefix):
                     continue
-                relative = path[len(prefix):].split("/")
+                relative = path[len(prefix) :].split("/")
                 for depth in range(1, len(relative)):
                     if recursive or depth == 1:
                         folders.add(prefix + "/".join(relative[:depth]))
                 if recursive or len(relative) == 1:
                     entries.append(self._entry(path, oid))
-        entries += [{"type": "directory", "path": f, "oid": hashlib.sha1(f.encode()).hexdigest(), "size": 0} for f in sorted(folders)]
+        entries += [
+            {"type": "directory", "path": f, "oid": hashlib.sha1(f.encode()).hexdigest(), "size": 0}
+            for f in sorted(folders)
+        ]
         self._json(200, entries)
 
     def _paths_info(self, repo: Repo, revision: str, body: bytes):
@@ -497,7 +518,9 @@ class _Handler(BaseHTTPRequestHandler):
                 if path in commit.files:
                     entries.append(self._entry(path, commit.files[path]))
                 elif any(p.startswith(path + "/") for p in commit.files) or path == "":
-                    entries.append({"type": "directory", "path": path, "oid": hashlib.sha1(path.encode()).hexdigest(), "size": 0})
+                    entries.append(
+                        {"type": "directory", "path": path, "oid": hashlib.sha1(path.encode()).hexdigest(), "size": 0}
+                    )
         self._json(200, entries)
 
     def _preupload(self, repo: Repo, revision: str, payload: dict):
@@ -549,7 +572,11 @@ class _Handler(BaseHTTPRequestHandler):
                 if not payload.get("key") or not isinstance(payload.get("value"), str):
                     raise HubError(400, "a Space variable needs a key and a string value")
                 updated = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-                repo.variables[payload["key"]] = {"value": payload["value"], "description": payload.get("description"), "updatedAt": updated}
+                repo.variables[payload["key"]] = {
+                    "value": payload["value"],
+                    "description": payload.get("description"),
+                    "updatedAt": updated,
+                }
             self._json(200, {key: dict(value) for key, value in repo.variables.items()})
 
     def _create_branch(self, repo: Repo, branch: str, payload: dict):

@@ -110,7 +110,21 @@ def test_brain_phantom_shows_the_mri_contrasts(brain_phantoms):
 
 
 def test_cli_writes_phantoms_and_refuses_to_overwrite(tmp_path, capsys):
-    args = ["make-phantoms", "--layout", "brain_tumour", "--out", str(tmp_path), "--n", "1", "--seed", "4", "--shape", "24", "24", "24"]
+    args = [
+        "make-phantoms",
+        "--layout",
+        "brain_tumour",
+        "--out",
+        str(tmp_path),
+        "--n",
+        "1",
+        "--seed",
+        "4",
+        "--shape",
+        "24",
+        "24",
+        "24",
+    ]
     assert main(args) == 0
     assert (tmp_path / "Task01_BrainTumour" / "imagesTr" / "BRATS_001.nii.gz").is_file()
     assert main(args) == 2

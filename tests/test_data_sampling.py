@@ -26,7 +26,9 @@ AUTOPET = PreprocessingConfig.for_dataset("autopet")
 
 @pytest.fixture(scope="module")
 def autopet_splits(autopet_phantoms, tmp_path_factory):
-    return load_mirror_dataset("autopet", autopet_phantoms, fold=0, num_folds=3, cache_dir=tmp_path_factory.mktemp("cache"))
+    return load_mirror_dataset(
+        "autopet", autopet_phantoms, fold=0, num_folds=3, cache_dir=tmp_path_factory.mktemp("cache")
+    )
 
 
 def _label():
@@ -89,7 +91,7 @@ def test_patch_dataset_items_have_the_documented_shapes(autopet_splits):
         assert item["pixel_values"].shape == (2, 32, 32, 16) and item["pixel_values"].dtype == torch.float32
         assert item["labels"].shape == (32, 32, 16) and item["labels"].dtype == torch.int64
         assert item["class_labels"].shape == () and item["class_labels"].dtype == torch.int64
-        assert 0 <= float(item["pixel_values"].min()) and float(item["pixel_values"].max()) <= 1
+        assert float(item["pixel_values"].min()) >= 0 and float(item["pixel_values"].max()) <= 1
     diagnoses = dict(zip(autopet_splits["train"]["case_id"], autopet_splits["train"]["diagnosis"]))
     for item in items:
         assert DIAGNOSIS_NAMES[int(item["class_labels"])] == diagnoses[item["case_id"]]
@@ -126,7 +128,9 @@ def test_studies_are_preprocessed_once_and_then_read_from_the_cache(autopet_spli
     stamp = os.stat(cache_file).st_mtime_ns
     second = prepare_studies(autopet_splits["validation"], config)
     assert len(calls) == len(autopet_splits["validation"]), "the second call must not preprocess again"
-    assert {f["filename"] for f in second.dataset.cache_files} == {cache_file} and os.stat(cache_file).st_mtime_ns == stamp
+    assert {f["filename"] for f in second.dataset.cache_files} == {cache_file} and os.stat(
+        cache_file
+    ).st_mtime_ns == stamp
 
 
 def test_validation_studies_restore_onto_the_original_grid(autopet_splits, autopet_phantoms):

@@ -57,14 +57,18 @@ def small_model(folder: Path, preset: str, study: dict) -> Path:
     config = MirrorUNetConfig.from_preset(preset, channels=[4, 8, 16, 32, 64], patch_size=[32, 32, 32], norm="instance")
     model = MirrorUNetModel(config).eval()
     name = config.final_mask_branches[0]
-    prediction = predict_study(model, study, SlidingWindowSettings(), with_branches=True)  # fp32, as the demo and the CLI
+    prediction = predict_study(
+        model, study, SlidingWindowSettings(), with_branches=True
+    )  # fp32, as the demo and the CLI
     probability = np.sort(np.asanyarray(prediction.branches[name].dataobj), axis=None)
     # cut in the widest gap between neighbouring values near the wanted fraction, so that float noise
     # between runs (other threads, other processes) cannot move a voxel across the cut
     low, high = (int(probability.size * (1.0 - f * LESION_FRACTION)) for f in (1.5, 0.5))
     gap = low + int(np.argmax(np.diff(probability[low:high])))
     cut = float(probability[gap] + probability[gap + 1]) / 2.0
-    last_bias = [p for n, p in model.named_parameters() if n.startswith(f"branches.{name}.") and n.endswith(".bias")][-1]
+    last_bias = [p for n, p in model.named_parameters() if n.startswith(f"branches.{name}.") and n.endswith(".bias")][
+        -1
+    ]
     with torch.no_grad():
         last_bias[1:] -= np.log(cut / (1.0 - cut))  # the output layer's bias: shifts the foreground logits only
     model.save_pretrained(folder)
@@ -111,7 +115,9 @@ def app(files, tmp_path_factory):
         env.setenv("GRADIO_ANALYTICS_ENABLED", "False")
         demo = build_demo(files.model, files.root / "examples", max_upload_mb=UPLOAD_LIMIT_MB)
         port = free_port()
-        launch_demo(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False, quiet=True)
+        launch_demo(
+            demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False, quiet=True
+        )
         try:
             yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", demo=demo, temp_dir=temp_dir)
         finally:
@@ -129,9 +135,27 @@ class Outputs(SimpleNamespace):
 
 
 # (the State and the Segment button are not part of the API's outputs)
-NAMES = ("status", "axial_slider", "coronal_slider", "sagittal_slider", "image", "overlay",
-         "axial", "coronal", "sagittal", "mip_coronal", "mip_sagittal", "legend", "table", "totals", "go_to",
-         "timing", "classification", "mask", "csv")
+NAMES = (
+    "status",
+    "axial_slider",
+    "coronal_slider",
+    "sagittal_slider",
+    "image",
+    "overlay",
+    "axial",
+    "coronal",
+    "sagittal",
+    "mip_coronal",
+    "mip_sagittal",
+    "legend",
+    "table",
+    "totals",
+    "go_to",
+    "timing",
+    "classification",
+    "mask",
+    "csv",
+)
 RENDERED = ("axial", "coronal", "sagittal", "mip_coronal", "mip_sagittal", "legend")
 
 
@@ -150,8 +174,11 @@ DISPLAY = ("ct", "final_mask", "Soft tissue", 8, 1.0, False)  # image, overlay, 
 def segmented(session, case_id="case_a") -> Outputs:
     loaded = named(session.predict(case_id, api_name="/load_example"))
     axial, coronal, sagittal = (value(loaded.axial_slider), value(loaded.coronal_slider), value(loaded.sagittal_slider))
-    return named(session.predict(axial, coronal, sagittal, "fusion", value(loaded.overlay), "Soft tissue", 8, 0.5, True,
-                                 api_name="/segment"))
+    return named(
+        session.predict(
+            axial, coronal, sagittal, "fusion", value(loaded.overlay), "Soft tissue", 8, 0.5, True, api_name="/segment"
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -165,8 +192,19 @@ def session_a(app):
 def cli_run(files, tmp_path_factory):
     """`mirror-unet predict --lesions` on case_a: the reference the app must agree with."""
     out = tmp_path_factory.mktemp("cli")
-    args = ["predict", "--model", str(files.model), "--study", str(files.examples["case_a"]), "--out", str(out / "mask.nii.gz"),
-            "--lesions", str(out / "lesions.csv"), "--precision", "fp32"]  # the demo runs fp32
+    args = [
+        "predict",
+        "--model",
+        str(files.model),
+        "--study",
+        str(files.examples["case_a"]),
+        "--out",
+        str(out / "mask.nii.gz"),
+        "--lesions",
+        str(out / "lesions.csv"),
+        "--precision",
+        "fp32",
+    ]  # the demo runs fp32
     assert main(args) == 0
     return out
 
@@ -197,7 +235,10 @@ def test_loading_the_example_shows_the_study_before_segmenting(app, files):
 def test_segmenting_fills_views_layers_table_timing_and_downloads(session_a):
     out = session_a.out
     assert [key for _, key in out.image["choices"]] == ["ct", "pet", "fusion", "rec:ct", "rec:bottleneck_decoder"]
-    assert [title for title, _ in out.image["choices"]][3:] == ["CT branch: CT reconstruction", "Bottleneck decoder: PET reconstruction"]
+    assert [title for title, _ in out.image["choices"]][3:] == [
+        "CT branch: CT reconstruction",
+        "Bottleneck decoder: PET reconstruction",
+    ]
     assert [key for _, key in out.overlay["choices"]] == ["final_mask", "ground_truth", "compare", "prob:pet", "none"]
     assert out.overlay["value"] == "final_mask"
     assert out.timing.startswith("Segmented in **") and out.timing.endswith(" s**")
@@ -238,7 +279,9 @@ def test_moving_a_slider_changes_only_what_that_plane_shows(session_a):
     moved = session_a.client.predict(11, 20, 30, *DISPLAY, api_name="/render")
     pixels = [np.asarray(Image.open(path)) for path in first[:3]], [np.asarray(Image.open(path)) for path in moved[:3]]
     assert not np.array_equal(pixels[0][0], pixels[1][0])  # axial moved
-    assert np.array_equal(pixels[0][1], pixels[1][1]) and np.array_equal(pixels[0][2], pixels[1][2])  # no crosshair: unchanged
+    assert np.array_equal(pixels[0][1], pixels[1][1]) and np.array_equal(
+        pixels[0][2], pixels[1][2]
+    )  # no crosshair: unchanged
 
 
 def test_slider_values_outside_the_volume_are_refused(session_a):
@@ -255,8 +298,12 @@ def test_the_lesion_table_matches_mirror_unet_predict(session_a, cli_run):
     assert len(table["data"]) == len(rows)
     for shown, row in zip(table["data"], rows):
         assert shown[0] == int(row["lesion_id"])
-        assert shown[1:5] == [pytest.approx(round(float(row[k]), 2)) for k in ("volume_ml", "suv_max", "suv_mean", "tlg")]
-    summary = f"{len(rows)} lesion{'s' if len(rows) != 1 else ''} · MTV {sum(float(r['volume_ml']) for r in rows):.2f} ml"
+        assert shown[1:5] == [
+            pytest.approx(round(float(row[k]), 2)) for k in ("volume_ml", "suv_max", "suv_mean", "tlg")
+        ]
+    summary = (
+        f"{len(rows)} lesion{'s' if len(rows) != 1 else ''} · MTV {sum(float(r['volume_ml']) for r in rows):.2f} ml"
+    )
     assert summary in session_a.out.totals
 
 
@@ -268,8 +315,10 @@ def test_downloads_equal_the_cli_outputs(session_a, cli_run):
 
 def test_going_to_a_lesion_moves_the_three_sliders_into_it(session_a):
     lesion_id = len(session_a.out.table["data"])  # the smallest one, to be sure the position is not a coincidence
-    moved = named(session_a.client.predict(lesion_id, *DISPLAY, api_name="/go_to_lesion"),
-                  ("axial_slider", "coronal_slider", "sagittal_slider", *RENDERED, "go_to"))
+    moved = named(
+        session_a.client.predict(lesion_id, *DISPLAY, api_name="/go_to_lesion"),
+        ("axial_slider", "coronal_slider", "sagittal_slider", *RENDERED, "go_to"),
+    )
     mask = ras(session_a.out.mask["value"])
     x, y, z = moved.sagittal_slider - 1, moved.coronal_slider - 1, moved.axial_slider - 1
     assert mask[x, y, z] > 0
@@ -295,8 +344,14 @@ def test_uploaded_files_give_the_same_result_as_the_example(app, files, session_
 
     session = client(app)
     study = files.examples["case_a"]
-    loaded = named(session.predict(handle_file(str(study / "CTres.nii.gz")), handle_file(str(study / "SUV.nii.gz")),
-                                   handle_file(str(study / "SEG.nii.gz")), api_name="/load_files"))
+    loaded = named(
+        session.predict(
+            handle_file(str(study / "CTres.nii.gz")),
+            handle_file(str(study / "SUV.nii.gz")),
+            handle_file(str(study / "SEG.nii.gz")),
+            api_name="/load_files",
+        )
+    )
     assert loaded.status.startswith("**SUV**") and "with ground truth" in loaded.status
     out = named(session.predict(21, 24, 24, "fusion", "ground_truth", "Soft tissue", 8, 0.5, True, api_name="/segment"))
     assert out.table["data"] == session_a.out.table["data"]
@@ -309,7 +364,7 @@ def test_two_sessions_at_once_see_only_their_own_study(app, files):
     def run(case):
         try:
             results[case] = segmented(sessions[case], case)
-        except Exception as error:  # noqa: BLE001 - reported below
+        except Exception as error:
             errors.append(error)
 
     threads = [threading.Thread(target=run, args=(case,)) for case in sessions]
@@ -327,8 +382,10 @@ def test_two_sessions_at_once_see_only_their_own_study(app, files):
         np.testing.assert_array_equal(ras(out.mask["value"]), np.asanyarray(nib.as_closest_canonical(expected).dataobj))
     assert results["case_a"].table["data"] != results["case_b"].table["data"]
     # later renders still read each session's own study
-    images = {case: sessions[case].predict(20, 24, 24, "pet", "none", "Soft tissue", 8, 0.5, False, api_name="/render")[0]
-              for case in sessions}
+    images = {
+        case: sessions[case].predict(20, 24, 24, "pet", "none", "Soft tissue", 8, 0.5, False, api_name="/render")[0]
+        for case in sessions
+    }
     assert not np.array_equal(np.asarray(Image.open(images["case_a"])), np.asarray(Image.open(images["case_b"])))
 
 
@@ -430,7 +487,9 @@ def brain_app(tmp_path_factory):
         env.setenv("GRADIO_ANALYTICS_ENABLED", "False")
         demo = build_demo(model, root / "examples")
         port = free_port()
-        launch_demo(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False, quiet=True)
+        launch_demo(
+            demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False, quiet=True
+        )
         try:
             yield SimpleNamespace(url=f"http://127.0.0.1:{port}/")
         finally:
@@ -494,8 +553,18 @@ def test_cli_demo_serves_the_app_on_loopback_until_stopped(files, tmp_path):
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(tmp_path / "gradio")}
     env.pop("MIRROR_UNET_MODEL", None)
-    command = [sys.executable, "-m", "mirror_unet_hf.cli", "demo", "--model", str(files.model),
-               "--examples", str(files.root / "examples"), "--port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "mirror_unet_hf.cli",
+        "demo",
+        "--model",
+        str(files.model),
+        "--examples",
+        str(files.root / "examples"),
+        "--port",
+        str(port),
+    ]
     server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + WAIT_S
@@ -506,7 +575,9 @@ def test_cli_demo_serves_the_app_on_loopback_until_stopped(files, tmp_path):
                 break
             except httpx.TransportError:
                 time.sleep(0.5)
-        assert page is not None, f"the demo did not start: {server.stdout.read() if server.poll() is not None else 'timeout'}"
+        assert page is not None, (
+            f"the demo did not start: {server.stdout.read() if server.poll() is not None else 'timeout'}"
+        )
         assert page.status_code == 200
         config = httpx.get(f"http://127.0.0.1:{port}/config", timeout=WAIT_S).json()
         assert config["title"] == "Mirror U-Net demo" and config["max_file_size"] == 512 * 2**20
@@ -529,14 +600,18 @@ def test_the_space_app_file_exposes_build_demo_and_bundled_paths():
     assert module.CHECKPOINT == REPO / "demo" / "checkpoint" and module.EXAMPLES == REPO / "demo" / "examples"
 
 
-@pytest.mark.skipif(not (REPO / "demo" / "checkpoint" / "config.json").is_file(), reason="no committed demo/checkpoint yet")
+@pytest.mark.skipif(
+    not (REPO / "demo" / "checkpoint" / "config.json").is_file(), reason="no committed demo/checkpoint yet"
+)
 def test_the_committed_checkpoint_and_examples_build_the_demo():
     from mirror_unet_hf.demo.app import build_demo
     from mirror_unet_hf.demo.handlers import find_examples
 
     demo = build_demo(REPO / "demo" / "checkpoint", REPO / "demo" / "examples")
     model = load_model(REPO / "demo" / "checkpoint")
-    assert find_examples(REPO / "demo" / "examples", list(model.config.modalities)), "no usable example in demo/examples"
+    assert find_examples(REPO / "demo" / "examples", list(model.config.modalities)), (
+        "no usable example in demo/examples"
+    )
     assert "load_example" in {d.api_name for d in demo.fns.values()}
 
 
@@ -544,7 +619,9 @@ def test_the_committed_checkpoint_and_examples_build_the_demo():
 
 
 def browser():
-    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install playwright")
+    playwright = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed: pip install playwright"
+    )
     if not CHROMIUM.is_file():
         pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install -y chromium")
     return playwright.sync_playwright
@@ -554,8 +631,11 @@ def browser():
 def page_factory(app):
     sync_playwright = browser()
     with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                     args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        chromium = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+        )
         pages = []
 
         def new_page():
@@ -599,7 +679,9 @@ def test_in_a_browser_example_segment_slider_lesion_and_screenshot(page_factory,
     start = int(number.input_value())
     page.locator("#slider-axial input[type='range']").focus()
     page.keyboard.press("ArrowUp")
-    page.wait_for_function(f"document.querySelector('#slider-axial input[type=number]').value == '{start + 1}'", timeout=WAIT_MS)
+    page.wait_for_function(
+        f"document.querySelector('#slider-axial input[type=number]').value == '{start + 1}'", timeout=WAIT_MS
+    )
     page.wait_for_function(
         f"document.querySelector('#view-axial img')?.getAttribute('src') !== {before!r}", timeout=WAIT_MS
     )
@@ -610,10 +692,14 @@ def test_in_a_browser_example_segment_slider_lesion_and_screenshot(page_factory,
     segmented(reference)
     expected = [int(v) for v in reference.predict(3, *DISPLAY, api_name="/go_to_lesion")[:3]]
     page.locator("#lesions [data-testid='cell-2-1']").click()
-    page.wait_for_function("document.querySelector('#go-to-lesion input')?.value?.startsWith('Lesion 3:')", timeout=WAIT_MS)
+    page.wait_for_function(
+        "document.querySelector('#go-to-lesion input')?.value?.startsWith('Lesion 3:')", timeout=WAIT_MS
+    )
     planes = ("axial", "coronal", "sagittal")
-    at_lesion = " && ".join(f"document.querySelector('#slider-{plane} input[type=number]')?.value == '{value}'"
-                            for plane, value in zip(planes, expected))
+    at_lesion = " && ".join(
+        f"document.querySelector('#slider-{plane} input[type=number]')?.value == '{value}'"
+        for plane, value in zip(planes, expected)
+    )
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     with contextlib.suppress(PlaywrightTimeout):  # the sliders may follow the dropdown a moment later
@@ -640,9 +726,10 @@ def test_in_a_browser_a_bad_upload_shows_a_message_in_the_page(page_factory, bad
     page.locator("#upload-ct input[type='file']").set_input_files(str(getattr(bad_files, which)))
     page.locator("#upload-pet input[type='file']").set_input_files(str(bad_files.pet))
     if which != "big":
-        page.wait_for_function("document.querySelector('#upload-pet')?.innerText.includes('SUV.nii.gz')", timeout=WAIT_MS)
+        page.wait_for_function(
+            "document.querySelector('#upload-pet')?.innerText.includes('SUV.nii.gz')", timeout=WAIT_MS
+        )
         page.get_by_role("button", name="Load uploaded files").click()
     page.get_by_text(message).first.wait_for(timeout=WAIT_MS)
     page.get_by_role("button", name="Load example").click()  # the page keeps working
     page.wait_for_function("document.querySelector('#status')?.innerText.includes('case_a')", timeout=WAIT_MS)
-

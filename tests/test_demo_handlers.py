@@ -64,10 +64,12 @@ def done(handlers, case_ids) -> SimpleNamespace:
     def progress(value, desc=None, unit=None):
         reports.append((value, desc, unit))
 
-    segmented = handlers.segment(loaded.session, loaded.slider_values.values(), Controls("fusion", "ground_truth"),
-                                 progress)
-    return SimpleNamespace(handlers=handlers, loaded=loaded, segmented=segmented, session=segmented.session,
-                           reports=reports)
+    segmented = handlers.segment(
+        loaded.session, loaded.slider_values.values(), Controls("fusion", "ground_truth"), progress
+    )
+    return SimpleNamespace(
+        handlers=handlers, loaded=loaded, segmented=segmented, session=segmented.session, reports=reports
+    )
 
 
 # ---------------------------------------------------------------------------------------- loading
@@ -309,7 +311,9 @@ def test_the_app_folder_goes_with_its_owner():
 
 
 def test_the_handlers_do_not_need_gradio():
-    code = ("import sys; import mirror_unet_hf.demo.handlers, mirror_unet_hf.demo.session, mirror_unet_hf.demo.text; "
-            "assert 'gradio' not in sys.modules, 'gradio was imported'")
+    code = (
+        "import sys; import mirror_unet_hf.demo.handlers, mirror_unet_hf.demo.session, mirror_unet_hf.demo.text; "
+        "assert 'gradio' not in sys.modules, 'gradio was imported'"
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=600)

@@ -125,7 +125,9 @@ def data(tmp_path_factory):
     studies = []
     for i, folder in enumerate(folders):
         name = "blocker" if i == SESSIONS else f"study{i}"
-        files = SimpleNamespace(name=name, ct=root / "uploads" / f"{name}_CTres.nii.gz", pet=root / "uploads" / f"{name}_SUV.nii.gz")
+        files = SimpleNamespace(
+            name=name, ct=root / "uploads" / f"{name}_CTres.nii.gz", pet=root / "uploads" / f"{name}_SUV.nii.gz"
+        )
         files.ct.parent.mkdir(exist_ok=True)
         files.ct.write_bytes((folder / "CTres.nii.gz").read_bytes())
         files.pet.write_bytes((folder / "SUV.nii.gz").read_bytes())
@@ -133,15 +135,23 @@ def data(tmp_path_factory):
     model_dir = small_model(root / "model", "autopet-v3", study_inputs(folders[0], ["ct", "pet"]))
     model = load_model(model_dir)
     for files in studies:  # fp32, as the demo
-        mask = predict_study(model, {"ct": nib.load(files.ct), "pet": nib.load(files.pet)}, SlidingWindowSettings()).mask
+        mask = predict_study(
+            model, {"ct": nib.load(files.ct), "pet": nib.load(files.pet)}, SlidingWindowSettings()
+        ).mask
         files.expected = np.asanyarray(nib.as_closest_canonical(mask).dataobj)
     malformed = root / "bad" / "malformed_CTres.nii.gz"
     malformed.parent.mkdir()
     malformed.write_bytes(np.random.default_rng(0).bytes(200_000))
     oversized = root / "bad" / "oversized_CTres.nii.gz"
     oversized.write_bytes(np.random.default_rng(1).bytes(int((UPLOAD_LIMIT_MB + 1) * 2**20)))
-    return SimpleNamespace(root=root, model=model_dir, studies=studies[:SESSIONS], blocker=studies[SESSIONS],
-                           malformed=malformed, oversized=oversized)
+    return SimpleNamespace(
+        root=root,
+        model=model_dir,
+        studies=studies[:SESSIONS],
+        blocker=studies[SESSIONS],
+        malformed=malformed,
+        oversized=oversized,
+    )
 
 
 class Server(SimpleNamespace):
@@ -207,22 +217,49 @@ def server(data, tmp_path_factory):
     for name in ("tmp", "gradio", "gate"):
         (folder / name).mkdir()
     port = free_port()
-    options = {"model": str(data.model), "port": port, "max_upload_mb": UPLOAD_LIMIT_MB, "queue_size": QUEUE_SIZE,
-               "capacity": CAPACITY, "forget_log": str(folder / "forgotten.log"), "gate": str(folder / "gate"),
-               "census": str(folder / "census.json"), "gate_wait_s": GATE_WAIT_S}
+    options = {
+        "model": str(data.model),
+        "port": port,
+        "max_upload_mb": UPLOAD_LIMIT_MB,
+        "queue_size": QUEUE_SIZE,
+        "capacity": CAPACITY,
+        "forget_log": str(folder / "forgotten.log"),
+        "gate": str(folder / "gate"),
+        "census": str(folder / "census.json"),
+        "gate_wait_s": GATE_WAIT_S,
+    }
     (folder / "launcher.py").write_text(LAUNCHER)
-    env = {**os.environ, "TMPDIR": str(folder / "tmp"), "GRADIO_TEMP_DIR": str(folder / "gradio"),
-           "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-           # Gradio's own end-to-end test mode: a closed session (client closed, browser tab gone) is forgotten
-           # after 1 s instead of an hour, and heartbeats come every 0.25 s. Nothing else changes.
-           "GRADIO_IS_E2E_TEST": "1"}
+    env = {
+        **os.environ,
+        "TMPDIR": str(folder / "tmp"),
+        "GRADIO_TEMP_DIR": str(folder / "gradio"),
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        # Gradio's own end-to-end test mode: a closed session (client closed, browser tab gone) is forgotten
+        # after 1 s instead of an hour, and heartbeats come every 0.25 s. Nothing else changes.
+        "GRADIO_IS_E2E_TEST": "1",
+    }
     env.pop("MIRROR_UNET_MODEL", None)
     output = (folder / "server.log").open("w")
-    process = subprocess.Popen([sys.executable, str(folder / "launcher.py"), json.dumps(options)], cwd=REPO, env=env,
-                               stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
-    server = Server(process=process, output=output, log_path=folder / "server.log", url=f"http://127.0.0.1:{port}/",
-                    tmp=folder / "tmp", gradio=folder / "gradio", gate=folder / "gate", forget_log=folder / "forgotten.log",
-                    census_path=folder / "census.json")
+    process = subprocess.Popen(
+        [sys.executable, str(folder / "launcher.py"), json.dumps(options)],
+        cwd=REPO,
+        env=env,
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    server = Server(
+        process=process,
+        output=output,
+        log_path=folder / "server.log",
+        url=f"http://127.0.0.1:{port}/",
+        tmp=folder / "tmp",
+        gradio=folder / "gradio",
+        gate=folder / "gate",
+        forget_log=folder / "forgotten.log",
+        census_path=folder / "census.json",
+    )
     try:
         started = time.monotonic()
         while process.poll() is None and time.monotonic() - started < START_WAIT_S:
@@ -232,7 +269,11 @@ def server(data, tmp_path_factory):
             except httpx.TransportError:
                 time.sleep(0.3)
         assert process.poll() is None, f"the demo server exited:\n{server.log()}"
-        roots = [line.split(" ", 1)[1] for line in server.log_path.read_text().splitlines() if line.startswith("SESSIONS_ROOT ")]
+        roots = [
+            line.split(" ", 1)[1]
+            for line in server.log_path.read_text().splitlines()
+            if line.startswith("SESSIONS_ROOT ")
+        ]
         assert roots, f"the demo server did not start:\n{server.log()}"
         server.sessions_root = Path(roots[0])
         print(f"\n[load] server pid {process.pid} up in {time.monotonic() - started:.1f} s")
@@ -266,8 +307,9 @@ def upload(session, ct: Path, pet: Path):
     return named(session.predict(handle_file(str(ct)), handle_file(str(pet)), None, api_name="/load_files"))
 
 
-def run_session(server, study, *, malformed: Path | None = None, oversized: Path | None = None,
-                loaded=None) -> SimpleNamespace:
+def run_session(
+    server, study, *, malformed: Path | None = None, oversized: Path | None = None, loaded=None
+) -> SimpleNamespace:
     """One session: (optionally a bad upload first), upload the study, `loaded()`, segment, render once, close."""
     from gradio_client.exceptions import AppError
 
@@ -286,7 +328,11 @@ def run_session(server, study, *, malformed: Path | None = None, oversized: Path
         result.status = loaded_study.status
         if loaded is not None:
             loaded()
-        slices = value(loaded_study.axial_slider), value(loaded_study.coronal_slider), value(loaded_study.sagittal_slider)
+        slices = (
+            value(loaded_study.axial_slider),
+            value(loaded_study.coronal_slider),
+            value(loaded_study.sagittal_slider),
+        )
         out = named(session.predict(*slices, "fusion", "none", "Soft tissue", 8, 0.5, True, api_name="/segment"))
         result.table, result.totals = out.table["data"], out.totals
         result.mask = fetch_mask(server, out.mask)
@@ -312,14 +358,14 @@ def run_round(server, studies, extra=None, **bad) -> tuple[dict, list, SimpleNam
         try:
             extras = {key: path for key, path in bad.items() if i == list(bad).index(key)}
             results[study.name] = run_session(server, study, loaded=barrier.wait, **extras)
-        except Exception as error:  # noqa: BLE001 - reported by the caller
+        except Exception as error:
             barrier.abort()  # the others stop waiting for this session
             errors.append(f"{study.name}: {type(error).__name__}: {error}")
 
     def work_extra():
         try:
             results["extra"] = extra()
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             errors.append(f"extra: {type(error).__name__}: {error}")
 
     threads = [threading.Thread(target=work, args=(i, study)) for i, study in enumerate(studies)]
@@ -361,14 +407,19 @@ def test_eight_sessions_at_once_each_get_their_own_result_while_bad_uploads_are_
 
     def raw_oversized_upload():  # straight to the server, past the client's own size check
         with data.oversized.open("rb") as stream:
-            answer = httpx.post(server.url + "gradio_api/upload", files={"files": (data.oversized.name, stream)}, timeout=300)
+            answer = httpx.post(
+                server.url + "gradio_api/upload", files={"files": (data.oversized.name, stream)}, timeout=300
+            )
         return SimpleNamespace(status=answer.status_code, text=answer.text)
 
-    results, errors, overlap = run_round(server, data.studies, extra=raw_oversized_upload,
-                                         malformed=data.malformed, oversized=data.oversized)
-    print(f"[load] {SESSIONS} sessions at once: {overlap.seconds:.1f} s for the round, per session "
-          f"{', '.join(f'{results[s.name].seconds:.1f}' for s in data.studies if s.name in results)} s; "
-          f"{overlap.folders} session folders once all had loaded")
+    results, errors, overlap = run_round(
+        server, data.studies, extra=raw_oversized_upload, malformed=data.malformed, oversized=data.oversized
+    )
+    print(
+        f"[load] {SESSIONS} sessions at once: {overlap.seconds:.1f} s for the round, per session "
+        f"{', '.join(f'{results[s.name].seconds:.1f}' for s in data.studies if s.name in results)} s; "
+        f"{overlap.folders} session folders once all had loaded"
+    )
     assert not errors, errors
     assert overlap.folders == SESSIONS  # all sessions were open at once, each with its own folder
     for study in data.studies:
@@ -378,8 +429,10 @@ def test_eight_sessions_at_once_each_get_their_own_result_while_bad_uploads_are_
         assert got.table == alone.table and got.totals == alone.totals
     malformed, oversized = results[data.studies[0].name].refused[0], results[data.studies[1].name].refused[0]
     raw = results["extra"]
-    print(f"[load] malformed upload: {malformed}\n[load] oversized upload: {oversized}\n"
-          f"[load] oversized upload past the client: HTTP {raw.status} {raw.text[:200]}")
+    print(
+        f"[load] malformed upload: {malformed}\n[load] oversized upload: {oversized}\n"
+        f"[load] oversized upload past the client: HTTP {raw.status} {raw.text[:200]}"
+    )
     assert malformed is not None and "file 'malformed_CTres.nii.gz': not a readable NIfTI file" in malformed
     assert "Traceback" not in malformed
     assert oversized is not None and f"exceeds the maximum file size of {UPLOAD_LIMIT_MB * 2**20} bytes" in oversized
@@ -397,14 +450,24 @@ def test_no_session_object_or_folder_outlives_rounds_of_sessions(server, data, r
         for study in data.studies:  # still no cross-talk
             np.testing.assert_array_equal(results[study.name].mask, reference.results[study.name].mask)
         waited = server.wait_until_forgotten()
-        rounds.append(SimpleNamespace(number=number, overlap=overlap, waited=waited, census=server.census(),
-                                      folders=len(server.session_folders()), forgotten=server.forgotten() - before,
-                                      cache=server.cache_files()))
+        rounds.append(
+            SimpleNamespace(
+                number=number,
+                overlap=overlap,
+                waited=waited,
+                census=server.census(),
+                folders=len(server.session_folders()),
+                forgotten=server.forgotten() - before,
+                cache=server.cache_files(),
+            )
+        )
     for r in rounds:
         cache_mb = sum(p.stat().st_size for p in r.cache) / 2**20
-        print(f"[load] round {r.number}: {r.overlap.seconds:.1f} s, {r.overlap.folders} session folders once all had "
-              f"loaded; sessions closed and forgotten after {r.waited:.1f} s ({r.forgotten} delete callbacks): "
-              f"{r.folders} session folders, live {r.census['before_gc']}; Gradio cache {len(r.cache)} files, {cache_mb:.1f} MB")
+        print(
+            f"[load] round {r.number}: {r.overlap.seconds:.1f} s, {r.overlap.folders} session folders once all had "
+            f"loaded; sessions closed and forgotten after {r.waited:.1f} s ({r.forgotten} delete callbacks): "
+            f"{r.folders} session folders, live {r.census['before_gc']}; Gradio cache {len(r.cache)} files, {cache_mb:.1f} MB"
+        )
     assert all(r.overlap.folders == SESSIONS for r in rounds)  # the sessions did overlap (else this proves little)
     assert all(r.folders == 0 for r in rounds), "closed sessions' folders were not removed"
     for r in rounds:  # nothing holds an ended session's study, not even until the next garbage collection
@@ -423,8 +486,10 @@ def test_sessions_beyond_capacity_are_dropped_and_their_folders_go_with_them(ser
             assert f"**{study.name}_SUV**" in upload(session, study.ct, study.pet).status
             counts.append(len(server.session_folders()))
         dropped = server.forgotten() - before
-        print(f"[load] session folders while {CAPACITY + 2} sessions load: {counts}; "
-              f"delete callbacks for the {CAPACITY + 2 - CAPACITY} dropped sessions: {dropped}")
+        print(
+            f"[load] session folders while {CAPACITY + 2} sessions load: {counts}; "
+            f"delete callbacks for the {CAPACITY + 2 - CAPACITY} dropped sessions: {dropped}"
+        )
         assert counts == [*range(1, CAPACITY + 1), CAPACITY, CAPACITY]
         # the oldest session was dropped: it has to load its study again
         from gradio_client.exceptions import AppError
@@ -447,21 +512,39 @@ def test_a_full_queue_refuses_more_requests_with_a_message(server, data):
     gate = server.gate
     try:
         loaded = upload(blocker, data.blocker.ct, data.blocker.pet)
-        job = blocker.submit(value(loaded.axial_slider), value(loaded.coronal_slider), value(loaded.sagittal_slider),
-                             "fusion", "none", "Soft tissue", 8, 0.5, True, api_name="/segment")
+        job = blocker.submit(
+            value(loaded.axial_slider),
+            value(loaded.coronal_slider),
+            value(loaded.sagittal_slider),
+            "fusion",
+            "none",
+            "Soft tissue",
+            8,
+            0.5,
+            True,
+            api_name="/segment",
+        )
         deadline = time.monotonic() + GATE_WAIT_S
         while not (gate / "entered").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert (gate / "entered").exists(), "the blocking segmentation never started"
         # the model is busy: every further segmentation waits in the queue, until the queue is full
-        answers = [httpx.post(server.url + "gradio_api/call/segment", json={"data": [1, 1, 1, None, None, "Soft tissue", 8, 0.5, True]},
-                              timeout=120) for _ in range(QUEUE_SIZE + 3)]
+        answers = [
+            httpx.post(
+                server.url + "gradio_api/call/segment",
+                json={"data": [1, 1, 1, None, None, "Soft tissue", 8, 0.5, True]},
+                timeout=120,
+            )
+            for _ in range(QUEUE_SIZE + 3)
+        ]
         codes = [a.status_code for a in answers]
         refusal = answers[-1].json().get("detail", "")
         with pytest.raises(Exception) as client_side:
             late.predict(1, 1, 1, None, None, "Soft tissue", 8, 0.5, True, api_name="/segment")
-        print(f"[load] queue of {QUEUE_SIZE}: answers {codes}; server: {refusal!r}; "
-              f"client: {type(client_side.value).__name__}: {client_side.value}")
+        print(
+            f"[load] queue of {QUEUE_SIZE}: answers {codes}; server: {refusal!r}; "
+            f"client: {type(client_side.value).__name__}: {client_side.value}"
+        )
         assert codes == [200] * QUEUE_SIZE + [503] * 3
         assert refusal == f"Queue is full. Max size is {QUEUE_SIZE} and size is {QUEUE_SIZE}."
         assert type(client_side.value).__name__ == "QueueError" and "Queue is full" in str(client_side.value)
@@ -482,8 +565,10 @@ def test_stopping_the_server_removes_its_temporary_folders_and_cached_files(serv
     assert cached  # uploads, images, masks
     code = server.stop()
     left = server.cache_files()
-    print(f"[load] stopped with SIGTERM: exit code {code}; Gradio cache {len(cached)} files "
-          f"before, {len(left)} after ({sum(p.stat().st_size for p in left)} bytes)")
+    print(
+        f"[load] stopped with SIGTERM: exit code {code}; Gradio cache {len(cached)} files "
+        f"before, {len(left)} after ({sum(p.stat().st_size for p in left)} bytes)"
+    )
     assert code == 0, server.log()
     assert "STOPPED" in server.log()  # launch_demo returned: SIGTERM stopped the server as Ctrl+C does
     assert server.app_folders() == []

@@ -74,8 +74,12 @@ def test_each_image_edge_names_the_patient_direction():
         height, width = image.shape[:2]
         # each letter is white text with a black outline, at the middle of its edge; the body of the
         # phantom is empty, so anything dark there is a letter's outline
-        for region in (image[height // 2 - 20 : height // 2 + 20, :30], image[height // 2 - 20 : height // 2 + 20, -30:],
-                       image[:30, width // 2 - 20 : width // 2 + 20], image[-30:, width // 2 - 20 : width // 2 + 20]):
+        for region in (
+            image[height // 2 - 20 : height // 2 + 20, :30],
+            image[height // 2 - 20 : height // 2 + 20, -30:],
+            image[:30, width // 2 - 20 : width // 2 + 20],
+            image[-30:, width // 2 - 20 : width // 2 + 20],
+        ):
             assert (region.max(axis=-1) < 60).any()
         assert viewer.EDGE_LETTERS[plane] == tuple(letters)
 
@@ -112,7 +116,9 @@ def test_pet_is_inverted_grey_up_to_the_chosen_suv():
     pet[5:15, 6:18, :] = 10.0  # a block large enough that its centre is not blurred by the upscaling
     study = viewer.load_study({"pet": nifti(pet)}, "pet")
     for suv_max, expected in ((20.0, 127.5), (5.0, 0)):  # SUV 10 is mid grey with 0-20, black with 0-5
-        image = np.asarray(viewer.render_slice(study, "axial", study.centre(), viewer.Display("pet", suv_max=suv_max, crosshair=False)))
+        image = np.asarray(
+            viewer.render_slice(study, "axial", study.centre(), viewer.Display("pet", suv_max=suv_max, crosshair=False))
+        )
         height, width = image.shape[:2]
         assert int(image[height // 2, width // 2, 0]) == pytest.approx(expected, abs=1)
         assert int(image[height // 10, width // 10, 0]) == 255  # background SUV 0 is white
@@ -123,11 +129,18 @@ def test_pet_is_inverted_grey_up_to_the_chosen_suv():
 
 def study_with_prediction(mask: np.ndarray, truth: np.ndarray | None = None) -> viewer.ViewerStudy:
     pet = np.ones(SHAPE, dtype=np.float32)
-    study = viewer.load_study({"pet": nifti(pet)}, "pet", label=None if truth is None else nifti(truth.astype(np.uint8)))
+    study = viewer.load_study(
+        {"pet": nifti(pet)}, "pet", label=None if truth is None else nifti(truth.astype(np.uint8))
+    )
 
     prediction = SimpleNamespace(mask=nifti(mask.astype(np.uint8)), branches={})
-    config = SimpleNamespace(final_label_values=[0, 1], final_class_names=["background", "lesion"], branches=[],
-                             bottleneck_decoder=None, label_names=["background", "lesion"])
+    config = SimpleNamespace(
+        final_label_values=[0, 1],
+        final_class_names=["background", "lesion"],
+        branches=[],
+        bottleneck_decoder=None,
+        label_names=["background", "lesion"],
+    )
     viewer.add_prediction(study, prediction, config)
     return study
 
@@ -156,8 +169,12 @@ def test_zero_opacity_hides_the_overlay():
     mask[4:9, 10:14, 8] = 1
     study = study_with_prediction(mask)
     z = study.display_index(nib.affines.apply_affine(las_affine(), (6, 12, 8)))[2]
-    plain = viewer.render_slice(study, "axial", (0, 0, z), viewer.Display("pet", overlay=viewer.NO_OVERLAY, crosshair=False))
-    hidden = viewer.render_slice(study, "axial", (0, 0, z), viewer.Display("pet", overlay=viewer.FINAL_MASK, opacity=0.0, crosshair=False))
+    plain = viewer.render_slice(
+        study, "axial", (0, 0, z), viewer.Display("pet", overlay=viewer.NO_OVERLAY, crosshair=False)
+    )
+    hidden = viewer.render_slice(
+        study, "axial", (0, 0, z), viewer.Display("pet", overlay=viewer.FINAL_MASK, opacity=0.0, crosshair=False)
+    )
     assert np.array_equal(np.asarray(plain), np.asarray(hidden))
 
 
@@ -169,11 +186,15 @@ def test_mask_vs_ground_truth_colours_agreement_misses_and_extras():
     study = study_with_prediction(mask, truth)
     assert ("Final mask vs ground truth", viewer.COMPARE) in study.overlay_choices()
     z = study.display_index(nib.affines.apply_affine(las_affine(), (6, 12, 8)))[2]
-    image = viewer.render_slice(study, "axial", (0, 0, z), viewer.Display("pet", overlay=viewer.COMPARE, opacity=1.0, crosshair=False))
+    image = viewer.render_slice(
+        study, "axial", (0, 0, z), viewer.Display("pet", overlay=viewer.COMPARE, opacity=1.0, crosshair=False)
+    )
     counts = {code: overlay_pixels(image, colour).sum() for code, (colour, _) in viewer.COMPARE_CODES.items()}
     assert counts[1] == pytest.approx(2 * counts[3], rel=0.15)  # 4 extra columns vs 2 shared
     assert counts[2] == pytest.approx(2 * counts[3], rel=0.15)  # 4 missed columns vs 2 shared
-    assert [text for _, text in viewer.legend(study, viewer.COMPARE)] == [text for _, text in viewer.COMPARE_CODES.values()]
+    assert [text for _, text in viewer.legend(study, viewer.COMPARE)] == [
+        text for _, text in viewer.COMPARE_CODES.values()
+    ]
 
 
 def test_mip_projects_the_hottest_voxel_and_the_mask_along_the_ray():
@@ -219,13 +240,18 @@ def test_a_2d_image_is_refused(shape):
 def test_a_ct_that_does_not_overlap_the_pet_is_refused():
     far = las_affine(origin=(5000.0, 0.0, 0.0))
     with pytest.raises(UserInputError, match=r"file 'CT.nii.gz' \(CT\) does not overlap the PET \(SUV\) image"):
-        viewer.load_study({"ct": nifti(np.zeros(SHAPE, np.float32), far), "pet": nifti(np.zeros(SHAPE, np.float32))}, "pet",
-                          file_names={"ct": "CT.nii.gz"})
+        viewer.load_study(
+            {"ct": nifti(np.zeros(SHAPE, np.float32), far), "pet": nifti(np.zeros(SHAPE, np.float32))},
+            "pet",
+            file_names={"ct": "CT.nii.gz"},
+        )
 
 
 def test_a_ground_truth_on_another_grid_is_refused():
     with pytest.raises(UserInputError, match="ground truth.*another grid"):
-        viewer.load_study({"pet": nifti(np.zeros(SHAPE, np.float32))}, "pet", label=nifti(np.zeros((10, 10, 10), np.uint8)))
+        viewer.load_study(
+            {"pet": nifti(np.zeros(SHAPE, np.float32))}, "pet", label=nifti(np.zeros((10, 10, 10), np.uint8))
+        )
 
 
 def test_ground_truth_values_outside_the_label_names_are_refused():
@@ -261,7 +287,10 @@ def test_lesion_rows_and_totals_come_from_the_lesion_table():
     assert [row[0] for row in rows] == [1, 2]
     assert rows[0][1] == pytest.approx(27 * 12 / 1000, abs=0.01)  # 27 voxels of 12 mm³
     assert rows[0][2:5] == [5.0, 5.0, pytest.approx(5.0 * 27 * 0.012, abs=0.01)]
-    assert viewer.lesion_summary(table, True) == f"2 lesions · MTV {table.total_mtv_ml:.2f} ml · TLG {table.total_tlg:.2f} · SUVmax 5.00"
+    assert (
+        viewer.lesion_summary(table, True)
+        == f"2 lesions · MTV {table.total_mtv_ml:.2f} ml · TLG {table.total_tlg:.2f} · SUVmax 5.00"
+    )
     columns, rows = viewer.lesion_rows(table, with_suv=False)
     assert columns == viewer.MRI_LESION_COLUMNS and len(rows[0]) == 3
 

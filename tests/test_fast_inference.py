@@ -10,12 +10,12 @@ import torch
 from torch import nn
 
 from mirror_unet_hf import MirrorUNetConfig, MirrorUNetModel
+from mirror_unet_hf import sliding_window as sw
 from mirror_unet_hf.errors import UserInputError
 from mirror_unet_hf.modeling_mirror_unet import fold_batch_norm
-from mirror_unet_hf import sliding_window as sw
 from mirror_unet_hf.sliding_window import SlidingWindowSettings, labels_from_logits, sliding_window_predict
 
-SMALL = dict(channels=[4, 8, 16, 32, 64])
+SMALL = {"channels": [4, 8, 16, 32, 64]}
 
 
 def batchnorm_model(preset="autopet-v3", seed=0, **overrides):
@@ -175,7 +175,9 @@ def test_the_device_flag_places_the_network_and_its_inputs(monkeypatch):
         return net
 
     monkeypatch.setattr(sw, "inference_model", spy)
-    sliding_window_predict(model, torch.rand(2, 40, 32, 32), SlidingWindowSettings(window=(32, 32, 32), precision="bf16", device="cpu"))
+    sliding_window_predict(
+        model, torch.rand(2, 40, 32, 32), SlidingWindowSettings(window=(32, 32, 32), precision="bf16", device="cpu")
+    )
     assert seen["parameters"] == {torch.device("cpu")} and seen["inputs"] == {torch.device("cpu")}
     assert seen["layouts"] == {True}
 

@@ -154,7 +154,9 @@ def study_folder(tmp_path_factory) -> Path:
     edits=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)), min_size=1, max_size=6),
     cut=st.none() | st.floats(0, 1),
 )
-def test_a_randomly_corrupted_study_file_is_read_or_refused_by_the_builder(tmp_path_factory, study_folder, role, gz, edits, cut):
+def test_a_randomly_corrupted_study_file_is_read_or_refused_by_the_builder(
+    tmp_path_factory, study_folder, role, gz, edits, cut
+):
     folder = tmp_path_factory.mktemp("study")
     for path in study_folder.iterdir():
         shutil.copy(path, folder / path.name)

@@ -53,7 +53,20 @@ def study(tmp_path_factory) -> Path:
 
 
 def predict(model_dir, ct, pet, out, *extra):
-    return main(["predict", "--model", str(model_dir), "--input", f"ct={ct}", "--input", f"pet={pet}", "--out", str(out), *extra])
+    return main(
+        [
+            "predict",
+            "--model",
+            str(model_dir),
+            "--input",
+            f"ct={ct}",
+            "--input",
+            f"pet={pet}",
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
 
 
 def one_error_line(capsys) -> str:
@@ -69,7 +82,9 @@ def one_error_line(capsys) -> str:
 
 @pytest.mark.parametrize("role", ["ct", "pet"])
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_predict_refuses_a_bad_input_file_in_one_line_and_writes_nothing(tmp_path, model_dir, study, capsys, case, role):
+def test_predict_refuses_a_bad_input_file_in_one_line_and_writes_nothing(
+    tmp_path, model_dir, study, capsys, case, role
+):
     data, fragment = BAD_INPUTS[case]
     if case == "another grid, 10 m away" and role == "pet":
         fragment = "does not overlap"  # the CT (on its own grid) is what does not overlap the moved PET
@@ -109,7 +124,9 @@ CUT = st.none() | st.floats(0, 1)
 
 @FUZZ
 @given(edits=EDITS, cut=CUT, gz=st.booleans())
-def test_predict_on_randomly_corrupted_input_exits_0_or_2_and_leaves_no_partial_file(tmp_path_factory, model_dir, study, edits, cut, gz):
+def test_predict_on_randomly_corrupted_input_exits_0_or_2_and_leaves_no_partial_file(
+    tmp_path_factory, model_dir, study, edits, cut, gz
+):
     folder = tmp_path_factory.mktemp("corrupt")
     original = (study / "CTres.nii.gz").read_bytes()
     ct = folder / ("CTres.nii.gz" if gz else "CTres.nii")
@@ -127,7 +144,13 @@ def test_predict_on_randomly_corrupted_input_exits_0_or_2_and_leaves_no_partial_
 
 @pytest.mark.parametrize(
     "name",
-    ["seg with spaces.nii.gz", "ünïcødé ✓ 病灶.nii.gz", "..seg.nii.gz", "a..b.nii.gz", "x" * (NAME_MAX - 7) + ".nii.gz"],
+    [
+        "seg with spaces.nii.gz",
+        "ünïcødé ✓ 病灶.nii.gz",
+        "..seg.nii.gz",
+        "a..b.nii.gz",
+        "x" * (NAME_MAX - 7) + ".nii.gz",
+    ],
     ids=["spaces", "unicode", "leading dots", "inner dots", "longest allowed name"],
 )
 def test_predict_writes_any_valid_file_name(tmp_path, model_dir, study, name):
@@ -154,12 +177,18 @@ def test_predict_refuses_a_file_name_longer_than_the_file_system_allows(tmp_path
 
 def test_predict_input_dir_with_skip_bad_writes_the_good_studies_and_lists_every_bad_one(tmp_path, model_dir, capsys):
     root = tmp_path / "FDG-PET-CT-Lesions"
-    good = [write_study(root / name / "study 1", seed=i) for i, name in enumerate(["PETCT_a good", "PETCT_zz ünï good"])]
+    good = [
+        write_study(root / name / "study 1", seed=i) for i, name in enumerate(["PETCT_a good", "PETCT_zz ünï good"])
+    ]
     bad = {}
     for i, case in enumerate(sorted(BAD_INPUTS)):
         patient = f"PETCT_m{i:02d}"
-        write_study(root / patient / "study 1", seed=i, pet=BAD_INPUTS[case][0] if "grid" not in case else None,
-                    ct=BAD_INPUTS[case][0] if "grid" in case else None)
+        write_study(
+            root / patient / "study 1",
+            seed=i,
+            pet=BAD_INPUTS[case][0] if "grid" not in case else None,
+            ct=BAD_INPUTS[case][0] if "grid" in case else None,
+        )
         bad[f"{patient}_study 1"] = BAD_INPUTS[case][1]
     out_dir = tmp_path / "pred"
     args = ["predict", "--model", str(model_dir), "--input-dir", str(tmp_path), "--out-dir", str(out_dir)]
@@ -192,7 +221,7 @@ def mask(values=None, dtype=np.uint8, affine=AFFINE, shape=SHAPE) -> bytes:
 
 
 BAD_MASKS = {
-    **{case: value for case, value in UNREADABLE.items()},
+    **dict(UNREADABLE.items()),
     "label 7 in an AutoPET mask": (mask(7), "has label values [7]"),
     "label 255": (mask(255), "has label values [255]"),
     "negative label": (mask(-1, np.int16), "has label values [-1]"),
@@ -258,7 +287,9 @@ def test_evaluate_skip_bad_scores_the_rest_and_lists_every_failure(tmp_path, cap
     assert "Traceback" not in err and leftovers(tmp_path) == []
 
 
-def test_evaluate_skip_bad_reports_an_internal_error_with_its_traceback_and_goes_on(tmp_path, folders, capsys, monkeypatch):
+def test_evaluate_skip_bad_reports_an_internal_error_with_its_traceback_and_goes_on(
+    tmp_path, folders, capsys, monkeypatch
+):
     from mirror_unet_hf.tasks import get_task
 
     task = get_task("autopet")
@@ -290,7 +321,9 @@ def test_evaluate_on_a_randomly_corrupted_mask_never_crashes(tmp_path_factory, e
     (folder / "gt").mkdir()
     (folder / "pred").mkdir()
     (folder / "gt" / "a.nii.gz").write_bytes(mask())
-    (folder / "pred" / ("a.nii.gz" if gz else "a.nii")).write_bytes(corrupt(mask() if gz else gzip.decompress(mask()), edits, cut))
+    (folder / "pred" / ("a.nii.gz" if gz else "a.nii")).write_bytes(
+        corrupt(mask() if gz else gzip.decompress(mask()), edits, cut)
+    )
     tried("mirror-unet evaluate (byte corruption)")
     code = evaluate(folder / "pred", folder / "gt", folder / "m.csv", *(["--skip-bad"] if skip_bad else []))
     assert code in ((0, 1) if skip_bad else (0, 2))

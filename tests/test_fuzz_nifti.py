@@ -68,7 +68,12 @@ def test_unreadable_file_is_refused_through_every_reader(case, tmp_path):
     data, fragment = UNREADABLE[case]
     path = tmp_path / "bad file ünï.nii.gz"
     path.write_bytes(data)
-    for attempt in (lambda: read(data), lambda: load_nifti(path), lambda: preprocess(path), lambda: preprocess(PET, data)):
+    for attempt in (
+        lambda: read(data),
+        lambda: load_nifti(path),
+        lambda: preprocess(path),
+        lambda: preprocess(PET, data),
+    ):
         tried("nifti readers")
         with pytest.raises(UserInputError) as caught:
             attempt()
@@ -169,7 +174,9 @@ def test_in_memory_images_are_checked_too():
 _FLOATS = st.floats(allow_nan=True, allow_infinity=True, width=32) | st.sampled_from([0.0, -1.0, 1e-30, 1e30])
 _FIELDS = {
     "dim": st.lists(st.integers(-3, 40), min_size=8, max_size=8).map(lambda d: [d[0] % 10 - 1, *d[1:]]),
-    "datatype": st.sampled_from([0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 768, 1024, 1280, 1536, 1792, 2048, 2304, 999, -1]),
+    "datatype": st.sampled_from(
+        [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 768, 1024, 1280, 1536, 1792, 2048, 2304, 999, -1]
+    ),
     "bitpix": st.integers(-(2**15), 2**15 - 1),
     "pixdim": st.lists(_FLOATS, min_size=8, max_size=8),
     "vox_offset": _FLOATS | st.integers(0, 2000).map(float),
@@ -188,7 +195,9 @@ _FIELDS = {
 
 @FUZZ
 @given(
-    mutations=st.lists(st.sampled_from(sorted(_FIELDS)).flatmap(lambda k: st.tuples(st.just(k), _FIELDS[k])), min_size=1, max_size=4),
+    mutations=st.lists(
+        st.sampled_from(sorted(_FIELDS)).flatmap(lambda k: st.tuples(st.just(k), _FIELDS[k])), min_size=1, max_size=4
+    ),
     gz=st.booleans(),
 )
 def test_random_header_fields_never_crash(mutations, gz):
@@ -229,7 +238,11 @@ _DTYPES = st.sampled_from(["i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f4",
 
 
 @FUZZ
-@given(values=_DTYPES.flatmap(lambda dtype: hnp.arrays(dtype, SHAPE, elements=hnp.from_dtype(dtype, allow_nan=True, allow_infinity=True))))
+@given(
+    values=_DTYPES.flatmap(
+        lambda dtype: hnp.arrays(dtype, SHAPE, elements=hnp.from_dtype(dtype, allow_nan=True, allow_infinity=True))
+    )
+)
 def test_any_voxel_values_give_a_normalised_image_or_a_user_error(values):
     result = user_error_or_result("preprocess_study (voxel values)", preprocess, nifti_bytes(values))
     if not isinstance(result, UserInputError):
@@ -237,7 +250,11 @@ def test_any_voxel_values_give_a_normalised_image_or_a_user_error(values):
 
 
 @FUZZ
-@given(values=_DTYPES.flatmap(lambda dtype: hnp.arrays(dtype, SHAPE, elements=hnp.from_dtype(dtype, allow_nan=True, allow_infinity=True))))
+@given(
+    values=_DTYPES.flatmap(
+        lambda dtype: hnp.arrays(dtype, SHAPE, elements=hnp.from_dtype(dtype, allow_nan=True, allow_infinity=True))
+    )
+)
 def test_any_label_values_give_class_indices_or_a_user_error(values):
     result = user_error_or_result("preprocess_study (label values)", preprocess, PET, PET, nifti_bytes(values))
     if not isinstance(result, UserInputError):

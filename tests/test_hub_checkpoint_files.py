@@ -21,8 +21,16 @@ from mirror_unet_hf.hub import (
     write_training_args,
 )
 
-RUN_ARGS = {"preset": "autopet-v3", "dataset": "autopet", "max_steps": 20, "learning_rate": 0.001,
-            "patch_size": [32, 32, 32], "phantoms": True, "hub_token": "hf_secret", "data_dir": None}
+RUN_ARGS = {
+    "preset": "autopet-v3",
+    "dataset": "autopet",
+    "max_steps": 20,
+    "learning_rate": 0.001,
+    "patch_size": [32, 32, 32],
+    "phantoms": True,
+    "hub_token": "hf_secret",
+    "data_dir": None,
+}
 
 
 def test_metrics_round_trip_keeps_every_key(tmp_path):
@@ -63,8 +71,11 @@ def test_a_payload_that_is_not_plain_json_is_refused_naming_the_file(tmp_path, w
     [
         (read_metrics, '{"task": "autopet",', "is not valid JSON"),
         (read_metrics, "[1, 2]", "holds a list"),
-        (read_metrics, json.dumps({**autopet_metrics(), "metrics": {"dice": None, "fpv_ml": "high"}}),
-         "metric 'fpv_ml' is 'high'"),
+        (
+            read_metrics,
+            json.dumps({**autopet_metrics(), "metrics": {"dice": None, "fpv_ml": "high"}}),
+            "metric 'fpv_ml' is 'high'",
+        ),
         (read_metrics, b"\xff\xfe{}", "is not valid JSON"),
         (read_training_args, "{'preset': 'autopet-v3'}", "is not valid JSON"),
         (read_training_args, '"phantoms"', "holds a str; expected a flat dict"),
@@ -86,8 +97,14 @@ def test_a_missing_file_is_a_user_error(tmp_path, reader):
 
 @pytest.mark.parametrize(
     "args, expected",
-    [(None, False), ({}, False), ({"phantoms": True}, True), ({"phantoms": "yes"}, False),
-     ({"dataset": "my-Phantoms"}, True), ({"dataset": "autopet", "phantoms": False}, False)],
+    [
+        (None, False),
+        ({}, False),
+        ({"phantoms": True}, True),
+        ({"phantoms": "yes"}, False),
+        ({"dataset": "my-Phantoms"}, True),
+        ({"dataset": "autopet", "phantoms": False}, False),
+    ],
 )
 def test_trained_on_phantoms(args, expected):
     assert trained_on_phantoms(args) is expected

@@ -7,10 +7,10 @@ import re
 import nibabel as nib
 import numpy as np
 import pytest
-from huggingface_hub import DatasetCard
-
 from conftest_hub import folder_digest, run_python
 from hub_server import hub_fixture, validate_card_metadata  # noqa: F401  (the `hub` fixture)
+from huggingface_hub import DatasetCard
+
 from mirror_unet_hf.errors import UserInputError
 from mirror_unet_hf.hub import push_dataset
 
@@ -80,7 +80,7 @@ def test_dataset_card_has_metadata_layout_licence_and_phantom_notice(hub, phanto
 def test_how_to_load_code_runs_with_datasets_and_huggingface_hub(hub, phantoms, tmp_path):
     push_dataset(phantoms, REPO, token=hub.token, endpoint=hub.url)
     text = hub.files(REPO, repo_type="dataset")["README.md"].decode()
-    section = text[text.index("## How to load"):]
+    section = text[text.index("## How to load") :]
     blocks = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
     assert len(blocks) == 2 and "load_dataset" in blocks[0] and "snapshot_download" in blocks[1]
     result = run_python("".join(f"exec({b!r}, {{}})\n" for b in blocks), hub.env(tmp_path / "hf_home"), tmp_path)
@@ -101,7 +101,11 @@ def test_msd_folder_pairs_images_and_labels(hub, tmp_path):
     push_dataset(root, "tester/msd-sample", token=hub.token, endpoint=hub.url)
     files = hub.files("tester/msd-sample", repo_type="dataset")
     rows = [json.loads(line) for line in files["metadata.jsonl"].decode().splitlines()]
-    assert rows[1] == {"case_id": "BRATS_002", "image_file_name": "imagesTr/BRATS_002.nii.gz", "label_file_name": "labelsTr/BRATS_002.nii.gz"}
+    assert rows[1] == {
+        "case_id": "BRATS_002",
+        "image_file_name": "imagesTr/BRATS_002.nii.gz",
+        "label_file_name": "labelsTr/BRATS_002.nii.gz",
+    }
     card = DatasetCard(files["README.md"].decode())
     assert "mri" in card.data.tags and "synthetic-data" not in card.data.tags
     assert "Medical Segmentation Decathlon layout" in card.text

@@ -9,9 +9,9 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest_hub import run_python
 from hub_server import hub_fixture  # noqa: F401  (the `hub` fixture)
+
 from mirror_unet_hf.data import load_mirror_dataset, make_phantoms
 from mirror_unet_hf.errors import UserInputError
 from mirror_unet_hf.hub import push_dataset
@@ -35,8 +35,14 @@ def phantom_folder(tmp_path_factory):
 
 
 def mirror_unet(*args, env, cwd):
-    return subprocess.run([sys.executable, "-m", "mirror_unet_hf.cli", *args], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=240)
+    return subprocess.run(
+        [sys.executable, "-m", "mirror_unet_hf.cli", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
 
 
 def test_pushed_dataset_loads_back_by_repo_id_with_the_same_studies_and_folds(hub, phantom_folder, tmp_path):

@@ -22,12 +22,41 @@ def test_phantom_training_pushes_a_checkpoint_that_loads_by_id_without_the_packa
     out = tmp_path / "run"
     env = hub.env(tmp_path / "hf_home_train", OMP_NUM_THREADS="1")
     train = subprocess.run(
-        [sys.executable, str(ROOT / "train" / "train.py"), "--preset", "autopet-v3",
-         "--model_overrides", '{"channels": [4, 8, 16, 32, 64], "norm": "instance"}', "--patch_size", "32", "32", "32",
-         "--data_dir", str(phantoms.parent), "--cache_dir", str(tmp_path / "cache"), "--max_steps", "2",
-         "--eval_steps", "2", "--checkpointing_steps", "2", "--num_workers", "0", "--report_to", "none",
-         "--output_dir", str(out), "--push_to_hub", "--hub_model_id", REPO_ID],
-        env={**__import__("os").environ, **env}, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(ROOT / "train" / "train.py"),
+            "--preset",
+            "autopet-v3",
+            "--model_overrides",
+            '{"channels": [4, 8, 16, 32, 64], "norm": "instance"}',
+            "--patch_size",
+            "32",
+            "32",
+            "32",
+            "--data_dir",
+            str(phantoms.parent),
+            "--cache_dir",
+            str(tmp_path / "cache"),
+            "--max_steps",
+            "2",
+            "--eval_steps",
+            "2",
+            "--checkpointing_steps",
+            "2",
+            "--num_workers",
+            "0",
+            "--report_to",
+            "none",
+            "--output_dir",
+            str(out),
+            "--push_to_hub",
+            "--hub_model_id",
+            REPO_ID,
+        ],
+        env={**__import__("os").environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert train.returncode == 0, train.stderr[-3000:]
     assert f"{hub.url}/{REPO_ID}" in train.stdout + train.stderr
@@ -40,7 +69,9 @@ def test_phantom_training_pushes_a_checkpoint_that_loads_by_id_without_the_packa
     with torch.no_grad():
         expected = local(x).logits
     save_file({"x": x, "logits": expected}, tmp_path / "expected.safetensors")
-    script = WITHOUT_PACKAGE + f"""
+    script = (
+        WITHOUT_PACKAGE
+        + f"""
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModel
@@ -51,6 +82,7 @@ with torch.no_grad():
 assert torch.equal(logits, tensors["logits"]), (logits - tensors["logits"]).abs().max()
 print("LOADED-BY-ID")
 """
+    )
     result = run_python(script, hub.env(tmp_path / "hf_home_load"), tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "LOADED-BY-ID" in result.stdout

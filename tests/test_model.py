@@ -104,7 +104,9 @@ def test_decision_fusion_weights_average_the_logits():
 
 
 def test_learnable_fusion_weights_start_at_the_config_and_train():
-    config = MirrorUNetConfig.from_preset("autopet-decision-fusion", fusion_weights=[0.5, 0.5], learnable_fusion_weights=True)
+    config = MirrorUNetConfig.from_preset(
+        "autopet-decision-fusion", fusion_weights=[0.5, 0.5], learnable_fusion_weights=True
+    )
     model = MirrorUNetModel(config)
     assert model.fusion_weights.tolist() == [0.5, 0.5]
     x, labels, _ = make_batch(config)
@@ -175,7 +177,9 @@ def test_labels_outside_the_label_map_are_refused():
     model = MirrorUNetModel(MirrorUNetConfig.from_preset("autopet-v1"))
     labels = torch.zeros(1, SIDE, SIDE, SIDE, dtype=torch.long)
     labels[0, 0, 0, 0] = 3
-    with pytest.raises(ValueError, match=r"labels contain value 3; the label map has values 0..1 \(background, lesion\)"):
+    with pytest.raises(
+        ValueError, match=r"labels contain value 3; the label map has values 0..1 \(background, lesion\)"
+    ):
         model(torch.rand(1, 2, SIDE, SIDE, SIDE), labels=labels)
     with pytest.raises(ValueError, match="expected integer class indices"):
         model(torch.rand(1, 2, SIDE, SIDE, SIDE), labels=labels.float())
@@ -184,7 +188,9 @@ def test_labels_outside_the_label_map_are_refused():
 def test_diagnosis_labels_outside_the_classes_are_refused():
     model = MirrorUNetModel(MirrorUNetConfig.from_preset("autopet-v3-diagnosis"))
     labels = torch.zeros(1, SIDE, SIDE, SIDE, dtype=torch.long)
-    with pytest.raises(ValueError, match=r"class_labels \[7\] must be in 0..3 \(negative, lymphoma, melanoma, lung_cancer\)"):
+    with pytest.raises(
+        ValueError, match=r"class_labels \[7\] must be in 0..3 \(negative, lymphoma, melanoma, lung_cancer\)"
+    ):
         model(torch.rand(1, 2, SIDE, SIDE, SIDE), labels=labels, class_labels=torch.tensor([7]))
 
 

@@ -52,8 +52,19 @@ def test_predict_round_trip_on_a_phantom_writes_uint8_on_the_pet_grid(tmp_path, 
 def test_lesion_table_matches_the_written_mask(tmp_path, checkpoint, phantoms, capsys):
     study = first_study(phantoms)
     out, csv_path = tmp_path / "seg.nii.gz", tmp_path / "lesions.csv"
-    args = ["predict", "--model", str(checkpoint), "--input", f"ct={study / 'CTres.nii.gz'}",
-            "--input", f"pet={study / 'SUV.nii.gz'}", "--out", str(out), "--lesions", str(csv_path)]
+    args = [
+        "predict",
+        "--model",
+        str(checkpoint),
+        "--input",
+        f"ct={study / 'CTres.nii.gz'}",
+        "--input",
+        f"pet={study / 'SUV.nii.gz'}",
+        "--out",
+        str(out),
+        "--lesions",
+        str(csv_path),
+    ]
     assert main(args) == 0
     mask = nib.load(out)
     expected = lesion_table(np.asanyarray(mask.dataobj), nib.load(study / "SUV.nii.gz").get_fdata(), mask.affine)
@@ -66,8 +77,17 @@ def test_lesion_table_matches_the_written_mask(tmp_path, checkpoint, phantoms, c
 def test_save_branches_writes_reconstructions_in_modality_units(tmp_path, checkpoint, phantoms):
     study = first_study(phantoms)
     branches = tmp_path / "branches"
-    args = ["predict", "--model", str(checkpoint), "--study", str(study), "--out", str(tmp_path / "s.nii.gz"),
-            "--save-branches", str(branches)]
+    args = [
+        "predict",
+        "--model",
+        str(checkpoint),
+        "--study",
+        str(study),
+        "--out",
+        str(tmp_path / "s.nii.gz"),
+        "--save-branches",
+        str(branches),
+    ]
     assert main(args) == 0
     names = sorted(p.name for p in branches.iterdir())
     assert names == ["s_bottleneck_decoder.nii.gz", "s_ct.nii.gz", "s_pet.nii.gz"]
@@ -79,11 +99,28 @@ def test_save_branches_writes_reconstructions_in_modality_units(tmp_path, checkp
 
 def test_input_dir_writes_one_mask_per_case_that_evaluate_reads(tmp_path, checkpoint, phantoms, capsys):
     out_dir = tmp_path / "pred"
-    assert main(["predict", "--model", str(checkpoint), "--input-dir", str(phantoms.parent), "--out-dir", str(out_dir)]) == 0
+    assert (
+        main(["predict", "--model", str(checkpoint), "--input-dir", str(phantoms.parent), "--out-dir", str(out_dir)])
+        == 0
+    )
     written = sorted(p.name for p in out_dir.iterdir())
     assert len(written) == 2
-    assert main(["evaluate", "--pred", str(out_dir), "--gt", str(phantoms.parent), "--task", "autopet",
-                 "--out", str(tmp_path / "metrics.csv")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--pred",
+                str(out_dir),
+                "--gt",
+                str(phantoms.parent),
+                "--task",
+                "autopet",
+                "--out",
+                str(tmp_path / "metrics.csv"),
+            ]
+        )
+        == 0
+    )
 
 
 def test_bf16_prediction_agrees_with_fp32(checkpoint, phantoms):
@@ -100,8 +137,17 @@ def test_bf16_prediction_agrees_with_fp32(checkpoint, phantoms):
 def test_real_native_grid_ct_is_resampled_and_the_mask_lies_on_the_pet_grid(tmp_path, checkpoint):
     native = SHARED / "petct_native" / "STS_002"
     out = tmp_path / "seg.nii.gz"
-    args = ["predict", "--model", str(checkpoint), "--input", f"ct={native / 'CT.nii.gz'}",
-            "--input", f"pet={native / 'SUV.nii.gz'}", "--out", str(out)]
+    args = [
+        "predict",
+        "--model",
+        str(checkpoint),
+        "--input",
+        f"ct={native / 'CT.nii.gz'}",
+        "--input",
+        f"pet={native / 'SUV.nii.gz'}",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     mask, pet, ct = nib.load(out), nib.load(native / "SUV.nii.gz"), nib.load(native / "CT.nii.gz")
     assert ct.shape != pet.shape
@@ -169,14 +215,39 @@ def test_bad_inputs_give_one_line_exit_2_and_no_output(tmp_path, checkpoint, fil
 
 def test_output_in_a_missing_folder_is_refused(tmp_path, checkpoint, files, capsys):
     out = tmp_path / "nowhere" / "seg.nii.gz"
-    assert main(["predict", "--model", str(checkpoint), "--input", f"ct={files['ct']}", "--input", f"pet={files['pet']}", "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(checkpoint),
+                "--input",
+                f"ct={files['ct']}",
+                "--input",
+                f"pet={files['pet']}",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert "does not exist" in capsys.readouterr().err
 
 
 def test_existing_output_is_not_overwritten_without_the_flag(tmp_path, checkpoint, files, capsys):
     out = tmp_path / "seg.nii.gz"
     out.write_bytes(b"keep me")
-    args = ["predict", "--model", str(checkpoint), "--input", f"ct={files['ct']}", "--input", f"pet={files['pet']}", "--out", str(out)]
+    args = [
+        "predict",
+        "--model",
+        str(checkpoint),
+        "--input",
+        f"ct={files['ct']}",
+        "--input",
+        f"pet={files['pet']}",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 2
     assert "already exists; pass --overwrite" in capsys.readouterr().err
     assert out.read_bytes() == b"keep me"

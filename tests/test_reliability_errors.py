@@ -24,8 +24,13 @@ def places(tmp_path) -> dict[str, Path]:
     (tmp_path / "model without config").mkdir()
     (tmp_path / "gt").mkdir()
     (tmp_path / "gt" / "a.nii.gz").write_bytes(b"never read")
-    return {"tmp": tmp_path, "file": tmp_path / "a file", "empty": tmp_path / "empty", "gt": tmp_path / "gt",
-            "noconfig": tmp_path / "model without config"}
+    return {
+        "tmp": tmp_path,
+        "file": tmp_path / "a file",
+        "empty": tmp_path / "empty",
+        "gt": tmp_path / "gt",
+        "noconfig": tmp_path / "model without config",
+    }
 
 
 # command line (with {file}, {empty}, {noconfig}, {tmp} filled in) -> what the one line must say
@@ -37,7 +42,10 @@ MISTAKES = [
     ("predict --model {noconfig} --out {tmp}/s.nii.gz", "give exactly one of --input, --study, --input-dir (got none)"),
     ("predict --model {noconfig} --study {empty} --out {tmp}/s.txt", "expected a .nii.gz or .nii file name"),
     ("predict --model {noconfig} --input-dir {empty} --out {tmp}/s.nii.gz", "--out-dir is required"),
-    ("evaluate --pred {tmp}/missing --gt {gt} --task autopet --out {tmp}/m.csv", "--pred {tmp}/missing is not a folder"),
+    (
+        "evaluate --pred {tmp}/missing --gt {gt} --task autopet --out {tmp}/m.csv",
+        "--pred {tmp}/missing is not a folder",
+    ),
     ("evaluate --pred {empty} --gt {empty} --task autopet --out {tmp}/m.csv", "holds no ground truth"),
     ("evaluate --pred {empty} --gt {empty} --task autopet --out {empty}", "is a folder; expected a file path"),
     ("push --model {empty} --repo-id not-a-repo-id", "--repo-id 'not-a-repo-id' is not a Hub repo id"),
@@ -71,7 +79,9 @@ def test_user_mistake_is_one_line_with_exit_code_2(places, capsys, command, mess
     assert lines[0].startswith(f"mirror-unet {argv[0]}: error: ") and fill(message, places) in lines[0], lines[0]
 
 
-@pytest.mark.parametrize("command, message", MISTAKES[:4] + MISTAKES[7:8], ids=["make-phantoms", "shape", "out", "predict", "evaluate"])
+@pytest.mark.parametrize(
+    "command, message", MISTAKES[:4] + MISTAKES[7:8], ids=["make-phantoms", "shape", "out", "predict", "evaluate"]
+)
 def test_debug_raises_the_user_error_with_its_traceback(places, command, message):
     with pytest.raises(UserInputError):
         main(["--debug", *split(command, places)])
@@ -85,8 +95,19 @@ def test_internal_error_keeps_its_traceback(places, monkeypatch):
 
     monkeypatch.setattr(evaluate, "evaluate_folders", bug)
     with pytest.raises(ZeroDivisionError):
-        main(["evaluate", "--pred", str(places["empty"]), "--gt", str(places["empty"]), "--task", "autopet",
-              "--out", str(places["tmp"] / "m.csv")])
+        main(
+            [
+                "evaluate",
+                "--pred",
+                str(places["empty"]),
+                "--gt",
+                str(places["empty"]),
+                "--task",
+                "autopet",
+                "--out",
+                str(places["tmp"] / "m.csv"),
+            ]
+        )
 
 
 def run(command: list[str]) -> subprocess.CompletedProcess:
@@ -97,9 +118,25 @@ def run(command: list[str]) -> subprocess.CompletedProcess:
 def test_real_processes_exit_2_with_one_line_and_debug_shows_the_traceback(places):
     """The console entry point and train.py as separate processes: exit status, stderr, --debug."""
     cli = [sys.executable, "-m", "mirror_unet_hf.cli"]
-    mistake = ["evaluate", "--pred", str(places["tmp"] / "missing"), "--gt", str(places["gt"]), "--task", "autopet",
-               "--out", str(places["tmp"] / "m.csv")]
-    train = [sys.executable, str(ROOT / "train" / "train.py"), "--fold", "7", "--output_dir", str(places["tmp"] / "run")]
+    mistake = [
+        "evaluate",
+        "--pred",
+        str(places["tmp"] / "missing"),
+        "--gt",
+        str(places["gt"]),
+        "--task",
+        "autopet",
+        "--out",
+        str(places["tmp"] / "m.csv"),
+    ]
+    train = [
+        sys.executable,
+        str(ROOT / "train" / "train.py"),
+        "--fold",
+        "7",
+        "--output_dir",
+        str(places["tmp"] / "run"),
+    ]
     tried("entry points (user mistakes)", 2)
     result = run(cli + mistake)
     assert result.returncode == 2, result.stderr

@@ -60,7 +60,12 @@ def test_load_model_reads_safetensors_and_never_unpickles_the_bin_beside_it(boob
 def test_predict_with_a_booby_trapped_folder_never_unpickles(booby_trapped, tmp_path, capsys):
     folder, marker = booby_trapped
     tried("model loading")
-    assert main(["predict", "--model", str(folder), "--study", str(tmp_path / "none"), "--out", str(tmp_path / "o.nii.gz")]) == 2
+    assert (
+        main(
+            ["predict", "--model", str(folder), "--study", str(tmp_path / "none"), "--out", str(tmp_path / "o.nii.gz")]
+        )
+        == 2
+    )
     assert "does not exist" in capsys.readouterr().err  # it got past loading the model to the (missing) study
     assert not marker.exists()
 
@@ -106,12 +111,17 @@ def test_the_installed_package_runs_none_of_the_checkpoint_code(model_dir, tmp_p
     assert not marker.exists()
 
 
-UNSAFE = re.compile(r"torch\.load\(|pickle\.loads?\(|weights_only\s*=\s*False|allow_pickle\s*=\s*True|"
-                    r"trust_remote_code\s*=\s*True|\bdill\b|joblib\.load|cloudpickle")
+UNSAFE = re.compile(
+    r"torch\.load\(|pickle\.loads?\(|weights_only\s*=\s*False|allow_pickle\s*=\s*True|"
+    r"trust_remote_code\s*=\s*True|\bdill\b|joblib\.load|cloudpickle"
+)
 
 
 def test_no_unsafe_deserialisation_in_the_package_or_the_training_scripts():
-    hits = [f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
-            for path in sorted([*(ROOT / "mirror_unet_hf").rglob("*.py"), *(ROOT / "train").rglob("*.py")])
-            for number, line in enumerate(path.read_text().splitlines(), start=1) if UNSAFE.search(line.split("#")[0])]
+    hits = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in sorted([*(ROOT / "mirror_unet_hf").rglob("*.py"), *(ROOT / "train").rglob("*.py")])
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if UNSAFE.search(line.split("#")[0])
+    ]
     assert hits == []

@@ -63,8 +63,15 @@ def test_predict_checks_every_output_before_writing_any(tmp_path, model_dir, stu
     (tmp_path / existing).parent.mkdir(exist_ok=True)
     (tmp_path / existing).write_bytes(b"precious")
     before = snapshot(tmp_path)
-    code = predict(model_dir, study, tmp_path / "seg.nii.gz", "--lesions", str(tmp_path / "lesions.csv"),
-                   "--save-branches", str(tmp_path / "branches"))
+    code = predict(
+        model_dir,
+        study,
+        tmp_path / "seg.nii.gz",
+        "--lesions",
+        str(tmp_path / "lesions.csv"),
+        "--save-branches",
+        str(tmp_path / "branches"),
+    )
     assert code == 2 and snapshot(tmp_path) == before
 
 
@@ -91,8 +98,19 @@ def test_evaluate_refuses_either_existing_output_and_writes_neither(tmp_path, st
     pred.mkdir()
     shutil.copy(study / "SEG.nii.gz", pred / "PETCT_a_study 1.nii.gz")
     (tmp_path / existing).write_text("precious")
-    args = ["evaluate", "--pred", str(pred), "--gt", str(study.parent.parent), "--task", "autopet",
-            "--out", str(tmp_path / "metrics.csv"), "--json", str(tmp_path / "metrics.json")]
+    args = [
+        "evaluate",
+        "--pred",
+        str(pred),
+        "--gt",
+        str(study.parent.parent),
+        "--task",
+        "autopet",
+        "--out",
+        str(tmp_path / "metrics.csv"),
+        "--json",
+        str(tmp_path / "metrics.json"),
+    ]
     tried("overwrite refusal")
     assert main(args) == 2
     assert "already exists; pass --overwrite" in capsys.readouterr().err
@@ -106,8 +124,24 @@ def test_evaluate_refuses_either_existing_output_and_writes_neither(tmp_path, st
 
 
 def phantoms(out: Path, seed: int, *extra) -> int:
-    return main(["make-phantoms", "--layout", "autopet", "--out", str(out), "--n", "2", "--seed", str(seed),
-                 "--shape", "24", "24", "16", *extra])
+    return main(
+        [
+            "make-phantoms",
+            "--layout",
+            "autopet",
+            "--out",
+            str(out),
+            "--n",
+            "2",
+            "--seed",
+            str(seed),
+            "--shape",
+            "24",
+            "24",
+            "16",
+            *extra,
+        ]
+    )
 
 
 def test_make_phantoms_refuses_an_existing_dataset_or_metadata_csv_and_overwrite_replaces_both(tmp_path, capsys):
@@ -139,8 +173,14 @@ def test_make_phantoms_refuses_a_file_as_the_output_folder(tmp_path, capsys):
 
 def run_train(args: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HOME": os.environ.get("HF_HOME", "/tmp/hf-home-tests"), "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, str(ROOT / "train" / "train.py"), *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "train" / "train.py"), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     try:
         out, err = process.communicate(timeout=600)
     except subprocess.TimeoutExpired:
@@ -159,12 +199,35 @@ def test_train_overwrite_output_dir_starts_a_clean_run(tmp_path):
     old.mkdir(parents=True)
     (old / "trainer_state.json").write_text(json.dumps({"step": 2, "from": "the previous run"}))
     tried("overwrite refusal")
-    result = run_train([
-        "--preset", "autopet-v2", "--model_overrides", json.dumps({"channels": [4, 8, 16, 32, 64], "norm": "instance"}),
-        "--patch_size", "32", "32", "32", "--data_dir", str(tmp_path / "data"), "--cache_dir", str(tmp_path / "cache"),
-        "--num_workers", "0", "--report_to", "none", "--max_steps", "2", "--checkpointing_steps", "2",
-        "--num_folds", "2", "--output_dir", str(out), "--overwrite_output_dir",
-    ])
+    result = run_train(
+        [
+            "--preset",
+            "autopet-v2",
+            "--model_overrides",
+            json.dumps({"channels": [4, 8, 16, 32, 64], "norm": "instance"}),
+            "--patch_size",
+            "32",
+            "32",
+            "32",
+            "--data_dir",
+            str(tmp_path / "data"),
+            "--cache_dir",
+            str(tmp_path / "cache"),
+            "--num_workers",
+            "0",
+            "--report_to",
+            "none",
+            "--max_steps",
+            "2",
+            "--checkpointing_steps",
+            "2",
+            "--num_folds",
+            "2",
+            "--output_dir",
+            str(out),
+            "--overwrite_output_dir",
+        ]
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "from" not in json.loads((old / "trainer_state.json").read_text())
 

@@ -13,7 +13,7 @@ from mirror_unet_hf.sliding_window import (
     window_starts,
 )
 
-SMALL = dict(channels=[4, 8, 16, 32, 64], norm="instance")
+SMALL = {"channels": [4, 8, 16, 32, 64], "norm": "instance"}
 
 
 def small_model(preset="autopet-v3", **overrides):
@@ -66,7 +66,10 @@ def test_window_batch_does_not_change_the_result():
 def test_volumes_smaller_than_the_window_are_padded_and_cropped_back():
     model = small_model()
     result = sliding_window_predict(
-        model, torch.rand(2, 20, 30, 17), SlidingWindowSettings(), parts=("logits", "branches", "bottleneck_decoder", "classification")
+        model,
+        torch.rand(2, 20, 30, 17),
+        SlidingWindowSettings(),
+        parts=("logits", "branches", "bottleneck_decoder", "classification"),
     )
     assert result.logits.shape == (2, 20, 30, 17)
     assert result.branches["ct"].shape == (1, 20, 30, 17)

@@ -41,7 +41,10 @@ def test_merging_the_windows_of_a_field_gives_the_field_back(blend, shape):
 def two_windows(first, second):
     """Windows [0, 8) and [4, 12) along the first axis of a 12x2x2 volume, filled with `first` and `second`."""
     grid = WindowGrid((12, 2, 2), (8, 2, 2), ((0, 4), (0,), (0,)))
-    return grid, [((0, 0, 0), np.full((1, 8, 2, 2), first, np.float32)), ((4, 0, 0), np.full((1, 8, 2, 2), second, np.float32))]
+    return grid, [
+        ((0, 0, 0), np.full((1, 8, 2, 2), first, np.float32)),
+        ((4, 0, 0), np.full((1, 8, 2, 2), second, np.float32)),
+    ]
 
 
 def test_constant_blending_is_the_mean_of_the_overlapping_windows():

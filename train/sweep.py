@@ -36,10 +36,14 @@ def parse_args(argv=None):
     parser = OneLineArgumentParser(prog="sweep.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="base training YAML (any train.py settings)")
     parser.add_argument("--output_dir", required=True, help="one sub-folder per cell, plus sweep.csv and sweep.png")
-    parser.add_argument("--grid", choices=sorted(GRIDS), default="full", help="full: 5×5 values as the supplement; reduced: 3×3")
+    parser.add_argument(
+        "--grid", choices=sorted(GRIDS), default="full", help="full: 5×5 values as the supplement; reduced: 3×3"
+    )
     parser.add_argument("--values", type=float, nargs="+", help="explicit λ values for both axes (overrides --grid)")
     parser.add_argument("--metric", default="dice", help="metric of best/metrics.json to plot (default: dice)")
-    parser.add_argument("--launcher", default=None, help='command that runs train.py, e.g. "accelerate launch" (default: this python)')
+    parser.add_argument(
+        "--launcher", default=None, help='command that runs train.py, e.g. "accelerate launch" (default: this python)'
+    )
     parser.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then extra train.py flags for every cell")
     args = parser.parse_args(argv)
     if args.train_args and args.train_args[0] == "--":
@@ -58,8 +62,19 @@ def run_cell(args, rec: float, cls: float) -> tuple[Path, int]:
         print(f"[sweep] {folder.name}: done, skipped")
         return folder, 0
     launcher = shlex.split(args.launcher) if args.launcher else [sys.executable]
-    command = [*launcher, str(TRAIN), "--config", args.config, "--lambda_rec", str(rec), "--lambda_cls", str(cls),
-               "--output_dir", str(folder), *args.train_args]
+    command = [
+        *launcher,
+        str(TRAIN),
+        "--config",
+        args.config,
+        "--lambda_rec",
+        str(rec),
+        "--lambda_cls",
+        str(cls),
+        "--output_dir",
+        str(folder),
+        *args.train_args,
+    ]
     if folder.exists():
         command += ["--resume_from_checkpoint", "latest"]
     print(f"[sweep] {folder.name}: {' '.join(shlex.quote(c) for c in command)}", flush=True)
@@ -107,7 +122,14 @@ def plot_heatmap(values: list[float], table: dict, metric: str, path: Path) -> N
     for i in range(len(values)):
         for j in range(len(values)):
             if np.isfinite(grid[i, j]):
-                ax.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", color="black" if grid[i, j] > middle else "white")
+                ax.text(
+                    j,
+                    i,
+                    f"{grid[i, j]:.3f}",
+                    ha="center",
+                    va="center",
+                    color="black" if grid[i, j] > middle else "white",
+                )
     fig.colorbar(image, ax=ax, label=metric)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
@@ -136,8 +158,11 @@ def main(argv=None) -> int:
     plot_heatmap(values, table, args.metric, output / "sweep.png")
     print(f"[sweep] wrote {output / 'sweep.csv'} and {output / 'sweep.png'}")
     if failed:
-        print(f"sweep.py: {len(failed)} of {len(rows)} cells failed (rerun the same command to resume them): "
-              + ", ".join(failed), file=sys.stderr)
+        print(
+            f"sweep.py: {len(failed)} of {len(rows)} cells failed (rerun the same command to resume them): "
+            + ", ".join(failed),
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -11,9 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..tasks import task_names
-
 from ..evaluation import EvaluationReport, check_outputs_free, evaluate_folders, write_report
+from ..tasks import task_names
 
 HELP = "Score predicted masks against ground truth (AutoPET: Dice/FPV/FNV; BrainTumour: Dice/HD95 per region)."
 
@@ -26,7 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="ground truth: flat folder of <case_id>.nii.gz, an AutoPET folder (<patient>/<study>/SEG.nii.gz, "
         "case id <patient>_<study>) or an MSD folder (labelsTr/BRATS_XXX.nii.gz)",
     )
-    parser.add_argument("--task", required=True, choices=task_names(), help="metric set: a task name (autopet, brain_tumour, ...)")
+    parser.add_argument(
+        "--task", required=True, choices=task_names(), help="metric set: a task name (autopet, brain_tumour, ...)"
+    )
     parser.add_argument("--out", required=True, help="CSV to write: one row per study, then the mean row")
     parser.add_argument("--json", default=None, help="also write the rows, mean and problems as JSON here")
     parser.add_argument(

@@ -109,7 +109,9 @@ def nifti_from_bytes(data: bytes, study: str | None, name: str) -> nib.Nifti1Ima
             f"{where(study, name)}: not a readable NIfTI file: file truncated (the gzip data ends before its end marker)"
         ) from None
     except zlib.error as error:
-        raise UserInputError(f"{where(study, name)}: not a readable NIfTI file (corrupt gzip data: {_first_line(error)})") from None
+        raise UserInputError(
+            f"{where(study, name)}: not a readable NIfTI file (corrupt gzip data: {_first_line(error)})"
+        ) from None
     if len(raw) < needed:
         raise UserInputError(
             f"{where(study, name)}: file truncated: its header declares {_size(needed)} of header and voxel data, "
@@ -118,11 +120,13 @@ def nifti_from_bytes(data: bytes, study: str | None, name: str) -> nib.Nifti1Ima
     try:
         with nib.imageglobals.LoggingOutputSuppressor():  # nibabel logs header fixes to stderr
             image = image_class.from_bytes(raw)
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         raise UserInputError(f"{where(study, name)}: not a readable NIfTI file ({_first_line(error)})") from None
     proxy = image.dataobj
     if getattr(proxy, "offset", 0) + _stored_bytes(header) > len(raw):
-        raise UserInputError(f"{where(study, name)}: file truncated: voxel data ends before the {proxy.shape} voxels its header declares")
+        raise UserInputError(
+            f"{where(study, name)}: file truncated: voxel data ends before the {proxy.shape} voxels its header declares"
+        )
     check_image(image, study, name)
     return image
 
@@ -138,17 +142,23 @@ def check_header(header, study: str | None, name: str, limit: int | None = None)
     label = where(study, name)
     dims = [int(d) for d in header["dim"]]
     if not 1 <= dims[0] <= 7:
-        raise UserInputError(f"{label}: header says {dims[0]} dimensions (dim[0]); expected 1..7, is the header corrupt?")
+        raise UserInputError(
+            f"{label}: header says {dims[0]} dimensions (dim[0]); expected 1..7, is the header corrupt?"
+        )
     shape = tuple(dims[1 : dims[0] + 1])
     if any(n < 1 for n in shape):
         raise UserInputError(f"{label}: header shape {shape} has an axis of length < 1; expected positive dimensions")
     try:
         dtype = header.get_data_dtype()
-    except Exception:  # noqa: BLE001
-        raise UserInputError(f"{label}: header datatype code {int(header['datatype'])} is not a NIfTI voxel type") from None
+    except Exception:
+        raise UserInputError(
+            f"{label}: header datatype code {int(header['datatype'])} is not a NIfTI voxel type"
+        ) from None
     if dtype.kind not in "iuf" or dtype.fields:
         kind = "RGB" if dtype.fields else {"c": "complex"}.get(dtype.kind, str(dtype))
-        raise UserInputError(f"{label}: voxel type {kind} ({dtype}) is not supported; expected integer or floating-point voxels")
+        raise UserInputError(
+            f"{label}: voxel type {kind} ({dtype}) is not supported; expected integer or floating-point voxels"
+        )
     spacing = [float(v) for v in header["pixdim"][1 : 1 + min(len(shape), 3)]]
     low, high = SPACING_RANGE_MM
     if not all(math.isfinite(v) and low <= v <= high for v in spacing):
@@ -182,7 +192,9 @@ def check_image(image: nib.spatialimages.SpatialImage, study: str | None, name: 
         raise UserInputError(f"{label}: image has no voxel-to-world affine; expected a 4x4 matrix")
     affine = np.asarray(image.affine, dtype=np.float64)
     if affine.shape != (4, 4) or not np.isfinite(affine).all():
-        raise UserInputError(f"{label}: voxel-to-world affine (sform/qform) has NaN/Inf entries; expected a finite 4x4 matrix")
+        raise UserInputError(
+            f"{label}: voxel-to-world affine (sform/qform) has NaN/Inf entries; expected a finite 4x4 matrix"
+        )
     sizes = np.linalg.norm(affine[:3, :3], axis=0)
     low, high = SPACING_RANGE_MM
     if not np.all((sizes >= low) & (sizes <= high)):
@@ -191,7 +203,9 @@ def check_image(image: nib.spatialimages.SpatialImage, study: str | None, name: 
             "(zero or absurd spacing in the sform/qform)"
         )
     if abs(float(np.linalg.det(affine[:3, :3]))) < MIN_AXIS_INDEPENDENCE * float(np.prod(sizes)):
-        raise UserInputError(f"{label}: voxel-to-world affine is singular (voxel axes parallel); expected an invertible matrix")
+        raise UserInputError(
+            f"{label}: voxel-to-world affine is singular (voxel axes parallel); expected an invertible matrix"
+        )
 
 
 def read_bytes(path: Path, study: str | None, name: str | None = None) -> bytes:
@@ -204,7 +218,9 @@ def read_bytes(path: Path, study: str | None, name: str | None = None) -> bytes:
         size = path.stat().st_size
         limit = max_nifti_bytes()
         if size > limit + _HEADER_PEEK + 2**20:  # compressed or not, a file never holds much more than its voxels
-            raise UserInputError(f"{label}: file is {_size(size)}, over the {_size(limit)} limit ({MAX_BYTES_ENV} raises it)")
+            raise UserInputError(
+                f"{label}: file is {_size(size)}, over the {_size(limit)} limit ({MAX_BYTES_ENV} raises it)"
+            )
         return path.read_bytes()
     except OSError as error:
         raise UserInputError(f"{label}: cannot read ({error.strerror or _first_line(error)})") from None
@@ -213,12 +229,16 @@ def read_bytes(path: Path, study: str | None, name: str | None = None) -> bytes:
 def read_array(image: nib.spatialimages.SpatialImage, study: str | None, name: str, dtype=np.float32) -> np.ndarray:
     """Voxel data with scaling applied; a data block shorter than the header promises raises ``UserInputError``."""
     try:
-        with np.errstate(over="ignore", invalid="ignore"):  # values beyond float32 become Inf: require_finite names them
+        with np.errstate(
+            over="ignore", invalid="ignore"
+        ):  # values beyond float32 become Inf: require_finite names them
             return np.asanyarray(image.dataobj) if dtype is None else np.asarray(image.dataobj, dtype=dtype)
     except MemoryError:
         raise UserInputError(f"{where(study, name)}: not enough memory to read {image.shape} voxels") from None
-    except Exception as error:  # noqa: BLE001
-        raise UserInputError(f"{where(study, name)}: voxel data cannot be read, file truncated? ({_first_line(error)})") from None
+    except Exception as error:
+        raise UserInputError(
+            f"{where(study, name)}: voxel data cannot be read, file truncated? ({_first_line(error)})"
+        ) from None
 
 
 def require_3d(array: np.ndarray, study: str | None, name: str) -> np.ndarray:
@@ -227,14 +247,18 @@ def require_3d(array: np.ndarray, study: str | None, name: str) -> np.ndarray:
     while squeezed.ndim > 3 and squeezed.shape[-1] == 1:
         squeezed = squeezed[..., 0]
     if squeezed.ndim != 3:
-        raise UserInputError(f"{where(study, name)}: is {array.ndim}D with shape {tuple(array.shape)}; expected a 3D volume")
+        raise UserInputError(
+            f"{where(study, name)}: is {array.ndim}D with shape {tuple(array.shape)}; expected a 3D volume"
+        )
     return squeezed
 
 
 def require_finite(array: np.ndarray, study: str | None, name: str) -> None:
     if not np.isfinite(array).all():
         bad = int(array.size - np.count_nonzero(np.isfinite(array)))
-        raise UserInputError(f"{where(study, name)}: has {bad} NaN/Inf voxels (or values beyond float32); expected finite values")
+        raise UserInputError(
+            f"{where(study, name)}: has {bad} NaN/Inf voxels (or values beyond float32); expected finite values"
+        )
 
 
 def require_label_values(array: np.ndarray, num_classes: int | None, study: str | None, name: str) -> np.ndarray:
@@ -265,7 +289,9 @@ class Grid:
         """World coordinates (8, 3) of the outer voxel corners (voxel index -0.5 and n-0.5 on each axis)."""
         lows = np.full(3, -0.5)
         highs = np.asarray(self.shape, dtype=float) - 0.5
-        corners = np.array([[x, y, z] for x in (lows[0], highs[0]) for y in (lows[1], highs[1]) for z in (lows[2], highs[2])])
+        corners = np.array(
+            [[x, y, z] for x in (lows[0], highs[0]) for y in (lows[1], highs[1]) for z in (lows[2], highs[2])]
+        )
         return corners @ self.affine[:3, :3].T + self.affine[:3, 3]
 
 
@@ -341,15 +367,19 @@ class _Inflater:
 def _parse_header(head: bytes, study: str | None, name: str):
     """The NIfTI-1 or NIfTI-2 header at the start of ``head`` (unchecked, unfixed), and the image class."""
     if len(head) < min(_FORMATS):
-        raise UserInputError(f"{where(study, name)}: not a readable NIfTI file ({len(head)} bytes, shorter than a NIfTI header)")
+        raise UserInputError(
+            f"{where(study, name)}: not a readable NIfTI file ({len(head)} bytes, shorter than a NIfTI header)"
+        )
     for size, (header_class, image_class, magic) in _FORMATS.items():
         for order in "<>":
             if struct.unpack(f"{order}i", head[:4])[0] != size or len(head) < size:
                 continue
             try:
                 header = header_class(head[:size], endianness=order, check=False)
-            except Exception as error:  # noqa: BLE001
-                raise UserInputError(f"{where(study, name)}: not a readable NIfTI file ({_first_line(error)})") from None
+            except Exception as error:
+                raise UserInputError(
+                    f"{where(study, name)}: not a readable NIfTI file ({_first_line(error)})"
+                ) from None
             if header["magic"].item() != magic:
                 raise UserInputError(
                     f"{where(study, name)}: not a single-file NIfTI (magic {header['magic'].item()!r}, expected {magic!r}); "

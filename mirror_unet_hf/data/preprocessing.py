@@ -92,13 +92,16 @@ class PreprocessingConfig:
         from ..tasks import get_task
 
         task = get_task(name)
-        return cls(task.preprocessing_modalities, task.reference_modality, task.target_spacing,
-                   dict(task.intensity_windows))
+        return cls(
+            task.preprocessing_modalities, task.reference_modality, task.target_spacing, dict(task.intensity_windows)
+        )
 
 
 def preprocessing_settings(config: Any) -> dict:
     """Validate ``config`` and return its four settings as plain, hashable python values."""
-    missing = [a for a in ("modalities", "reference_modality", "target_spacing", "intensity_windows") if not hasattr(config, a)]
+    missing = [
+        a for a in ("modalities", "reference_modality", "target_spacing", "intensity_windows") if not hasattr(config, a)
+    ]
     if missing:
         raise UserInputError(f"preprocessing config {type(config).__name__} lacks attribute(s): {', '.join(missing)}")
     modalities = [str(m) for m in (config.modalities or [])]
@@ -106,21 +109,34 @@ def preprocessing_settings(config: Any) -> dict:
         raise UserInputError(f"config.modalities must be a non-empty list of distinct names, got {config.modalities!r}")
     reference = str(config.reference_modality)
     if reference not in modalities:
-        raise UserInputError(f"config.reference_modality {reference!r} is not one of config.modalities: {', '.join(modalities)}")
+        raise UserInputError(
+            f"config.reference_modality {reference!r} is not one of config.modalities: {', '.join(modalities)}"
+        )
     spacing = config.target_spacing
     if spacing is not None:
         spacing = [float(v) for v in spacing]
         if len(spacing) != 3 or not all(math.isfinite(v) and v > 0 for v in spacing):
-            raise UserInputError(f"config.target_spacing must be 3 positive numbers in mm or None, got {config.target_spacing!r}")
+            raise UserInputError(
+                f"config.target_spacing must be 3 positive numbers in mm or None, got {config.target_spacing!r}"
+            )
     windows = {}
     for name, window in dict(config.intensity_windows or {}).items():
         if name not in modalities:
-            raise UserInputError(f"config.intensity_windows names {name!r}, which is not one of config.modalities: {', '.join(modalities)}")
+            raise UserInputError(
+                f"config.intensity_windows names {name!r}, which is not one of config.modalities: {', '.join(modalities)}"
+            )
         low, high = (float(v) for v in window)
         if not high > low:
-            raise UserInputError(f"config.intensity_windows[{name!r}] = {list(window)}; expected [low, high] with high > low")
+            raise UserInputError(
+                f"config.intensity_windows[{name!r}] = {list(window)}; expected [low, high] with high > low"
+            )
         windows[name] = [low, high]
-    return {"modalities": modalities, "reference_modality": reference, "target_spacing": spacing, "intensity_windows": windows}
+    return {
+        "modalities": modalities,
+        "reference_modality": reference,
+        "target_spacing": spacing,
+        "intensity_windows": windows,
+    }
 
 
 @dataclass
@@ -185,12 +201,16 @@ def preprocess_study(
 
     ornt, oriented = _ras_orientation(reference_grid)
     target, ratio = _target_grid(oriented, settings["target_spacing"])
-    _check_resampled_size(target, len(modalities), reference_grid, settings, _describe(images[reference], reference), case_id)
+    _check_resampled_size(
+        target, len(modalities), reference_grid, settings, _describe(images[reference], reference), case_id
+    )
     stacked = _zoom(_reorient(stacked, ornt), ratio, target.shape, order=1)
     for index, name in enumerate(modalities):
         _normalise_in_place(stacked[index], settings["intensity_windows"].get(name))
     if label_array is not None:
-        label_array = _zoom(_reorient(np.rint(label_array)[None], ornt), ratio, target.shape, order=0)[0].astype(np.int64)
+        label_array = _zoom(_reorient(np.rint(label_array)[None], ornt), ratio, target.shape, order=0)[0].astype(
+            np.int64
+        )
 
     return PreprocessedStudy(
         image=np.ascontiguousarray(stacked, dtype=np.float32),
@@ -221,11 +241,17 @@ def to_reference_grid(array: np.ndarray | torch.Tensor, study: PreprocessedStudy
         array = array[None]
     expected = tuple(int(n) for n in study.image.shape[1:])
     if array.ndim != 4 or tuple(array.shape[1:]) != expected:
-        raise UserInputError(f"array of shape {tuple(array.shape)} is not on the preprocessed grid; expected (C, {expected}) or {expected}")
-    ornt, oriented = _ras_orientation(Grid(tuple(study.reference_shape), np.asarray(study.reference_affine, dtype=np.float64)))
+        raise UserInputError(
+            f"array of shape {tuple(array.shape)} is not on the preprocessed grid; expected (C, {expected}) or {expected}"
+        )
+    ornt, oriented = _ras_orientation(
+        Grid(tuple(study.reference_shape), np.asarray(study.reference_affine, dtype=np.float64))
+    )
     forward = np.linalg.inv(oriented.affine) @ np.asarray(study.affine, dtype=np.float64)
     ratio = np.diag(forward[:3, :3]).copy()
-    if not np.allclose(forward[:3, :3], np.diag(ratio), atol=1e-6) or not np.allclose(forward[:3, 3], 0.5 * ratio - 0.5, atol=1e-4):
+    if not np.allclose(forward[:3, :3], np.diag(ratio), atol=1e-6) or not np.allclose(
+        forward[:3, 3], 0.5 * ratio - 0.5, atol=1e-4
+    ):
         raise ValueError("study.affine is not an axis-aligned rescaling of the reference grid; was it modified?")
     restored = _zoom(array, 1.0 / ratio, oriented.shape, order=order)
     inverse = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"), ornt)
@@ -294,7 +320,9 @@ def _describe(source: Any, name: str) -> str:
 def _check_modality_names(images: Mapping[str, NiftiSource], modalities: Sequence[str], case_id: str | None) -> None:
     for name in modalities:
         if name not in images:
-            raise UserInputError(f"{_study(case_id)}modality {name!r} is missing; expected images for: {', '.join(modalities)}")
+            raise UserInputError(
+                f"{_study(case_id)}modality {name!r} is missing; expected images for: {', '.join(modalities)}"
+            )
     for name in images:
         if name not in modalities:
             raise UserInputError(f"{_study(case_id)}unknown modality {name!r}; accepted: {', '.join(modalities)}")
@@ -321,7 +349,9 @@ def _stack_on_reference_grid(
     return reference_grid, np.stack(channels)
 
 
-def _read_label(label: NiftiSource, config: Any, reference: str, reference_grid: Grid, case_id: str | None) -> np.ndarray:
+def _read_label(
+    label: NiftiSource, config: Any, reference: str, reference_grid: Grid, case_id: str | None
+) -> np.ndarray:
     """The label volume, checked against the config's label map and required on the reference grid."""
     label_grid, label_array = _load_volume(label, case_id, "label")
     label_names = getattr(config, "label_names", None)
@@ -426,7 +456,9 @@ def _zoom(array: np.ndarray, ratio: np.ndarray, out_shape: Sequence[int], order:
     if any(pads):
         tensor = F.pad(tensor, (0, pads[2], 0, pads[1], 0, pads[0]), mode="replicate")
     with torch.no_grad():
-        out = F.interpolate(tensor, scale_factor=scale, mode="trilinear", align_corners=False, recompute_scale_factor=False)
+        out = F.interpolate(
+            tensor, scale_factor=scale, mode="trilinear", align_corners=False, recompute_scale_factor=False
+        )
     return out[0, :, : out_shape[0], : out_shape[1], : out_shape[2]].numpy()
 
 

@@ -116,8 +116,11 @@ def _sigterm_interrupts(blocking: bool):
     KeyboardInterrupt in the main thread: Gradio then closes the server and the process exits through its
     exit handlers. Python's default SIGTERM action ends the process without them, leaving the temporary
     folders behind. Only when SIGTERM still has the default action, and restored afterwards."""
-    install = (blocking and threading.current_thread() is threading.main_thread()
-               and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
+    install = (
+        blocking
+        and threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    )
     if not install:
         yield
         return

@@ -78,9 +78,14 @@ class Controls(NamedTuple):
     def display(self, **changes) -> viewer.Display:
         """The viewer's `Display` of these values (`changes` replace fields first)."""
         values = self._replace(**changes)
-        return viewer.Display(image=values.image, overlay=values.overlay,
-                              ct_window=values.window or viewer.DEFAULT_CT_WINDOW, suv_max=float(values.suv_max),
-                              opacity=float(values.opacity), crosshair=bool(values.crosshair))
+        return viewer.Display(
+            image=values.image,
+            overlay=values.overlay,
+            ct_window=values.window or viewer.DEFAULT_CT_WINDOW,
+            suv_max=float(values.suv_max),
+            opacity=float(values.opacity),
+            crosshair=bool(values.crosshair),
+        )
 
 
 def position_of(sliders: Sequence, study: viewer.ViewerStudy) -> tuple[int, int, int]:
@@ -177,8 +182,15 @@ class DemoHandlers:
     largest uploaded file accepted.
     """
 
-    def __init__(self, model, examples: Mapping[str, Path], sessions_root: Path, *,
-                 settings: SlidingWindowSettings | None = None, max_upload_mb: float = MAX_UPLOAD_MB):
+    def __init__(
+        self,
+        model,
+        examples: Mapping[str, Path],
+        sessions_root: Path,
+        *,
+        settings: SlidingWindowSettings | None = None,
+        max_upload_mb: float = MAX_UPLOAD_MB,
+    ):
         self.model = model
         self.config = model.config
         self.modalities = list(self.config.modalities)
@@ -197,8 +209,13 @@ class DemoHandlers:
         if case_id not in self.examples:
             raise UserInputError(f"example {case_id!r} does not exist; choose one of: {', '.join(self.examples)}")
         folder = self.examples[case_id]
-        study = viewer.load_study(study_inputs(folder, self.modalities), self.config.reference_modality,
-                                  label=example_label(folder), label_names=self.config.label_names, case_id=case_id)
+        study = viewer.load_study(
+            study_inputs(folder, self.modalities),
+            self.config.reference_modality,
+            label=example_label(folder),
+            label_names=self.config.label_names,
+            case_id=case_id,
+        )
         return self.open_study(session, study)
 
     def load_files(self, session: Session | None, images: Sequence[str | None], label: str | None) -> StudyView:
@@ -214,12 +231,20 @@ class DemoHandlers:
         for path in named.values():
             size = Path(path).stat().st_size
             if size > self.limit_bytes:
-                raise UserInputError(f"file {Path(path).name!r} is {size / 2**20:.1f} MB; "
-                                     f"the limit is {self.max_upload_mb:g} MB per file")
+                raise UserInputError(
+                    f"file {Path(path).name!r} is {size / 2**20:.1f} MB; "
+                    f"the limit is {self.max_upload_mb:g} MB per file"
+                )
         names = {key: Path(path).name for key, path in named.items()}
         reference = self.config.reference_modality
-        study = viewer.load_study(chosen, reference, label=label or None, label_names=self.config.label_names,
-                                  case_id=Path(chosen[reference]).name.split(".nii")[0], file_names=names)
+        study = viewer.load_study(
+            chosen,
+            reference,
+            label=label or None,
+            label_names=self.config.label_names,
+            case_id=Path(chosen[reference]).name.split(".nii")[0],
+            file_names=names,
+        )
         return self.open_study(session, study)
 
     def open_study(self, session: Session | None, study: viewer.ViewerStudy) -> StudyView:
@@ -232,8 +257,9 @@ class DemoHandlers:
 
     # ---------------------------------------------------------------------------- segmenting
 
-    def segment(self, session: Session | None, sliders: Sequence, controls: Controls,
-                progress: Progress | None = None) -> StudyView:
+    def segment(
+        self, session: Session | None, sliders: Sequence, controls: Controls, progress: Progress | None = None
+    ) -> StudyView:
         """Segment the session's study: its layers gain the final mask and branch outputs, the session its
         lesion table and classification, its folder the mask and the table; the final mask is shown."""
         progress = progress or _no_progress
@@ -245,8 +271,9 @@ class DemoHandlers:
             progress((done, total), desc="Sliding window", unit="windows")
 
         start = time.perf_counter()
-        prediction = predict_study(self.model, study.sources, self.settings, with_branches=True, case_id=study.case_id,
-                                   progress=windows_done)
+        prediction = predict_study(
+            self.model, study.sources, self.settings, with_branches=True, case_id=study.case_id, progress=windows_done
+        )
         progress(1.0, desc="Measuring lesions")
         viewer.clear_prediction(study)
         viewer.add_prediction(study, prediction, self.config)
@@ -294,12 +321,18 @@ class DemoHandlers:
         """Everything shown after the session's study was loaded or segmented."""
         study = session.study
         view = StudyView(
-            session=session, position=tuple(position), display=display,
+            session=session,
+            position=tuple(position),
+            display=display,
             rendered=self.render_all(study, position, display),
             slices={plane: study.shape[viewer.PLANE_AXIS[plane]] for plane in viewer.PLANES},
-            image_choices=study.image_choices(), overlay_choices=study.overlay_choices(),
-            status=text.study_status(study), columns=text.lesion_columns(self.pet_model), rows=[],
-            totals="No segmentation yet: press **Segment**.", lesion_choices=[],
+            image_choices=study.image_choices(),
+            overlay_choices=study.overlay_choices(),
+            status=text.study_status(study),
+            columns=text.lesion_columns(self.pet_model),
+            rows=[],
+            totals="No segmentation yet: press **Segment**.",
+            lesion_choices=[],
         )
         if session.table is not None:
             columns, rows = viewer.lesion_rows(session.table, self.pet_model)

@@ -74,9 +74,22 @@ class Components:
     @property
     def everything(self) -> list:
         """What loading or segmenting a study updates."""
-        return [self.state, self.status, self.segment_button, *self.plane_sliders, self.image, self.overlay,
-                *self.rendered, self.table, self.totals, self.go_to, self.timing, self.classification,
-                self.download_mask, self.download_table]
+        return [
+            self.state,
+            self.status,
+            self.segment_button,
+            *self.plane_sliders,
+            self.image,
+            self.overlay,
+            *self.rendered,
+            self.table,
+            self.totals,
+            self.go_to,
+            self.timing,
+            self.classification,
+            self.download_mask,
+            self.download_table,
+        ]
 
 
 def build_layout(
@@ -91,10 +104,20 @@ def build_layout(
         with gr.Column(scale=4):
             _views(c)
             with gr.Row(equal_height=False):
-                c.mips = {plane: gr.Image(label=f"PET MIP, {plane}", format="png", type="pil", height=330,
-                                          interactive=False, buttons=["download", "fullscreen"],
-                                          elem_id=f"mip-{plane}", min_width=180, visible=handlers.pet_model)
-                          for plane in MIP_PLANES}
+                c.mips = {
+                    plane: gr.Image(
+                        label=f"PET MIP, {plane}",
+                        format="png",
+                        type="pil",
+                        height=330,
+                        interactive=False,
+                        buttons=["download", "fullscreen"],
+                        elem_id=f"mip-{plane}",
+                        min_width=180,
+                        visible=handlers.pet_model,
+                    )
+                    for plane in MIP_PLANES
+                }
                 _results(c, handlers.pet_model)
         with gr.Column(scale=1, elem_id="side"):
             _loading(c, handlers)
@@ -102,8 +125,12 @@ def build_layout(
             c.segment_button = gr.Button("Segment", variant="primary", interactive=False, elem_id="segment")
             c.timing = gr.Markdown("", elem_id="timing")
             head = handlers.config.classification_head
-            c.classification = gr.Label(label=text.classification_label(head), visible=head is not None,
-                                        num_top_classes=4, elem_id="classification")
+            c.classification = gr.Label(
+                label=text.classification_label(head),
+                visible=head is not None,
+                num_top_classes=4,
+                elem_id="classification",
+            )
             _display_controls(c, handlers)
             with gr.Accordion("About the model", open=False):
                 gr.Markdown(text.model_markdown(handlers.model, model_path))
@@ -115,11 +142,19 @@ def _views(c: Components) -> None:
     with gr.Row(elem_id="views"):
         for plane in viewer.PLANES:
             with gr.Column(min_width=220):
-                c.views[plane] = gr.Image(label=plane.capitalize(), format="png", type="pil", height=420,
-                                          interactive=False, buttons=["download", "fullscreen"],
-                                          placeholder="Load a study (right) to see it here", elem_id=f"view-{plane}")
-                c.sliders[plane] = gr.Slider(1, 2, value=1, step=1, label=text.SLIDER_LABELS[plane],
-                                             interactive=False, elem_id=f"slider-{plane}")
+                c.views[plane] = gr.Image(
+                    label=plane.capitalize(),
+                    format="png",
+                    type="pil",
+                    height=420,
+                    interactive=False,
+                    buttons=["download", "fullscreen"],
+                    placeholder="Load a study (right) to see it here",
+                    elem_id=f"view-{plane}",
+                )
+                c.sliders[plane] = gr.Slider(
+                    1, 2, value=1, step=1, label=text.SLIDER_LABELS[plane], interactive=False, elem_id=f"slider-{plane}"
+                )
     c.legend = gr.HTML(elem_id="legend")
     gr.Markdown(f"<small>{text.CONVENTIONS}</small>")
 
@@ -128,15 +163,22 @@ def _results(c: Components, pet_model: bool) -> None:
     """The study totals, the lesion table, "Go to lesion" and the downloads."""
     with gr.Column(scale=2, min_width=360, elem_id="results"):
         c.totals = gr.Markdown("No segmentation yet.", elem_id="totals")
-        c.table = gr.Dataframe(value=pd.DataFrame(columns=text.lesion_columns(pet_model)), interactive=False,
-                               max_height=260, label="Lesions, largest first (click a row to go there)",
-                               show_search="none", elem_id="lesions")
+        c.table = gr.Dataframe(
+            value=pd.DataFrame(columns=text.lesion_columns(pet_model)),
+            interactive=False,
+            max_height=260,
+            label="Lesions, largest first (click a row to go there)",
+            show_search="none",
+            elem_id="lesions",
+        )
         c.go_to = gr.Dropdown([], label="Go to lesion", interactive=True, elem_id="go-to-lesion")
         with gr.Row():
-            c.download_mask = gr.DownloadButton("Download mask (.nii.gz)", interactive=False, size="md",
-                                                elem_id="download-mask")
-            c.download_table = gr.DownloadButton("Download lesion table (.csv)", interactive=False, size="md",
-                                                 elem_id="download-table")
+            c.download_mask = gr.DownloadButton(
+                "Download mask (.nii.gz)", interactive=False, size="md", elem_id="download-mask"
+            )
+            c.download_table = gr.DownloadButton(
+                "Download lesion table (.csv)", interactive=False, size="md", elem_id="download-table"
+            )
 
 
 def _loading(c: Components, handlers: DemoHandlers) -> None:
@@ -147,10 +189,21 @@ def _loading(c: Components, handlers: DemoHandlers) -> None:
             c.example = gr.Dropdown(list(examples), value=next(iter(examples)), label="Example study")
             c.load_example_button = gr.Button("Load example", variant="secondary", elem_id="load-example")
     with gr.Accordion("Upload a study (NIfTI)", open=not examples, elem_id="upload"):
-        c.uploads = {m: gr.File(label=f"{viewer.modality_title(m)} (.nii / .nii.gz)", file_types=NIFTI_TYPES,
-                                type="filepath", elem_id=f"upload-{m}") for m in handlers.modalities}
-        c.upload_label = gr.File(label="Ground truth, optional (.nii / .nii.gz)", file_types=NIFTI_TYPES,
-                                 type="filepath", elem_id="upload-label")
+        c.uploads = {
+            m: gr.File(
+                label=f"{viewer.modality_title(m)} (.nii / .nii.gz)",
+                file_types=NIFTI_TYPES,
+                type="filepath",
+                elem_id=f"upload-{m}",
+            )
+            for m in handlers.modalities
+        }
+        c.upload_label = gr.File(
+            label="Ground truth, optional (.nii / .nii.gz)",
+            file_types=NIFTI_TYPES,
+            type="filepath",
+            elem_id="upload-label",
+        )
         gr.Markdown(text.upload_note(handlers.max_upload_mb, handlers.config.reference_modality))
         c.load_files_button = gr.Button("Load uploaded files", elem_id="load-files")
 
@@ -161,8 +214,21 @@ def _display_controls(c: Components, handlers: DemoHandlers) -> None:
         c.image = gr.Radio([], label="Image", elem_id="image-choice")
         c.overlay = gr.Radio([], label="Overlay", elem_id="overlay-choice")
         c.opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity", elem_id="opacity")
-        c.window = gr.Radio(list(viewer.CT_WINDOWS), value=viewer.DEFAULT_CT_WINDOW, label="CT window",
-                            info=text.ct_window_info(), visible="ct" in handlers.modalities, elem_id="ct-window")
-        c.suv_max = gr.Slider(1, 30, value=viewer.DEFAULT_SUV_MAX, step=0.5, label="PET display range: SUV 0 to",
-                              visible=handlers.pet_model, elem_id="suv-max")
+        c.window = gr.Radio(
+            list(viewer.CT_WINDOWS),
+            value=viewer.DEFAULT_CT_WINDOW,
+            label="CT window",
+            info=text.ct_window_info(),
+            visible="ct" in handlers.modalities,
+            elem_id="ct-window",
+        )
+        c.suv_max = gr.Slider(
+            1,
+            30,
+            value=viewer.DEFAULT_SUV_MAX,
+            step=0.5,
+            label="PET display range: SUV 0 to",
+            visible=handlers.pet_model,
+            elem_id="suv-max",
+        )
         c.crosshair = gr.Checkbox(value=True, label="Crosshair (where the other views cut)", elem_id="crosshair")

@@ -15,15 +15,19 @@ CONVENTIONS = (
     "(axial from the feet, coronal from the front); "
     "coronal and sagittal images are head up, sagittal with the face on the left. Pixels are square in mm."
 )
-SLIDER_LABELS = {"axial": "Axial slice (feet → head)", "coronal": "Coronal slice (back → front)",
-                 "sagittal": "Sagittal slice (left → right)"}
+SLIDER_LABELS = {
+    "axial": "Axial slice (feet → head)",
+    "coronal": "Coronal slice (back → front)",
+    "sagittal": "Sagittal slice (left → right)",
+}
 
 
 def header(model, model_path: str) -> str:
     """The title, the three steps and the model line."""
     pet_model = "pet" in model.config.modalities
     return (
-        "## Mirror U-Net — " + ("PET/CT lesion segmentation" if pet_model else "brain tumour segmentation (MRI)")
+        "## Mirror U-Net — "
+        + ("PET/CT lesion segmentation" if pet_model else "brain tumour segmentation (MRI)")
         + "\n**1** load a study (the example, or your NIfTI files) · **2** press **Segment** · **3** scroll through "
         "the slices, switch the image and overlay on the right, click a lesion to jump to it · download the results."
         + f"\n\n<small>{model_line(model, model_path)}</small>"
@@ -65,13 +69,15 @@ def model_markdown(model, model_path: str) -> str:
 
 def upload_note(max_upload_mb: float, reference: str) -> str:
     """What the upload panel accepts."""
-    return (f"<small>One 3D file per image, up to {max_upload_mb:g} MB each; the mask is "
-            f"written on the {viewer.modality_title(reference)} grid.</small>")
+    return (
+        f"<small>One 3D file per image, up to {max_upload_mb:g} MB each; the mask is "
+        f"written on the {viewer.modality_title(reference)} grid.</small>"
+    )
 
 
 def ct_window_info() -> str:
     """The CT window presets' width and level, in one line."""
-    return " · ".join(f"{name.lower()} W{w:g} / L{l:g}" for name, (w, l) in viewer.CT_WINDOWS.items())
+    return " · ".join(f"{name.lower()} W{width:g} / L{level:g}" for name, (width, level) in viewer.CT_WINDOWS.items())
 
 
 def classification_label(head: dict | None) -> str:
@@ -117,6 +123,8 @@ def legend_html(entries: Sequence[tuple[tuple[int, int, int], str]]) -> str:
     """A colour swatch and its meaning for each of `viewer.legend`'s entries."""
     if not entries:
         return "<span>No overlay.</span>"
-    parts = [f'<span class="swatch" style="background: rgb{tuple(colour)}"></span>{html.escape(text)}'
-             for colour, text in entries]
+    parts = [
+        f'<span class="swatch" style="background: rgb{tuple(colour)}"></span>{html.escape(text)}'
+        for colour, text in entries
+    ]
     return "<div>" + "".join(parts) + "</div>"

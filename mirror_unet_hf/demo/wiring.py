@@ -89,8 +89,19 @@ def connect(c: Components, handlers: DemoHandlers) -> None:
         return study_updates(c, handlers.load_files(session, images, label))
 
     @user_errors
-    def segment(session, axial, coronal, sagittal, image_key, overlay_key, window_name, suv, alpha, cross,
-                progress=gr.Progress()):  # noqa: B008 - Gradio finds the progress tracker by this default
+    def segment(
+        session,
+        axial,
+        coronal,
+        sagittal,
+        image_key,
+        overlay_key,
+        window_name,
+        suv,
+        alpha,
+        cross,
+        progress=gr.Progress(),  # noqa: B008  (Gradio injects progress through this default)
+    ):
         controls = Controls(image_key, overlay_key, window_name, suv, alpha, cross)
         return study_updates(c, handlers.segment(session, (axial, coronal, sagittal), controls, progress))
 
@@ -109,15 +120,39 @@ def connect(c: Components, handlers: DemoHandlers) -> None:
 
     everything, rendered = c.everything, c.rendered
     if c.load_example_button is not None:
-        c.load_example_button.click(load_example, [c.state, c.example], everything, api_name="load_example",
-                                    concurrency_id="io", concurrency_limit=2)
-    c.load_files_button.click(load_files, [c.state, *c.uploads.values(), c.upload_label], everything,
-                              api_name="load_files", concurrency_id="io", concurrency_limit=2)
-    c.segment_button.click(segment, [c.state, *c.plane_sliders, *c.controls], everything, api_name="segment",
-                           concurrency_id="model", concurrency_limit=1)
-    gr.on([s.input for s in c.plane_sliders] + [control.input for control in c.controls], render,
-          [c.state, *c.plane_sliders, *c.controls], rendered, api_name="render", trigger_mode="always_last",
-          show_progress="hidden")
+        c.load_example_button.click(
+            load_example,
+            [c.state, c.example],
+            everything,
+            api_name="load_example",
+            concurrency_id="io",
+            concurrency_limit=2,
+        )
+    c.load_files_button.click(
+        load_files,
+        [c.state, *c.uploads.values(), c.upload_label],
+        everything,
+        api_name="load_files",
+        concurrency_id="io",
+        concurrency_limit=2,
+    )
+    c.segment_button.click(
+        segment,
+        [c.state, *c.plane_sliders, *c.controls],
+        everything,
+        api_name="segment",
+        concurrency_id="model",
+        concurrency_limit=1,
+    )
+    gr.on(
+        [s.input for s in c.plane_sliders] + [control.input for control in c.controls],
+        render,
+        [c.state, *c.plane_sliders, *c.controls],
+        rendered,
+        api_name="render",
+        trigger_mode="always_last",
+        show_progress="hidden",
+    )
     moved = [*c.plane_sliders, *rendered, c.go_to]
     c.go_to.input(go_to_lesion, [c.state, c.go_to, *c.controls], moved, api_name="go_to_lesion", show_progress="hidden")
     c.table.select(select_row, [c.state, *c.controls], moved, api_visibility="private", show_progress="hidden")

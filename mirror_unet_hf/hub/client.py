@@ -39,8 +39,7 @@ def resolve_token(token: str | None) -> str:
     token = token or get_token()
     if not token:
         raise UserInputError(
-            "no Hugging Face token found; set HF_TOKEN, run `hf auth login`, or pass token=... "
-            "(it needs write access)"
+            "no Hugging Face token found; set HF_TOKEN, run `hf auth login`, or pass token=... (it needs write access)"
         )
     return token
 

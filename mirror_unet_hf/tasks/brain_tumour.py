@@ -18,8 +18,18 @@ import nibabel as nib
 import numpy as np
 
 from ..data.constants import BRAIN_TUMOUR_FOLDER, BRAIN_TUMOUR_LABEL_NAMES, BRAIN_TUMOUR_MODALITIES
-from ..data.nifti_io import encode_nifti, grid_of, nifti_from_bytes, read_array, read_bytes, require_3d
-from ..data.nifti_io import require_finite, require_label_values, same_grid, where
+from ..data.nifti_io import (
+    encode_nifti,
+    grid_of,
+    nifti_from_bytes,
+    read_array,
+    read_bytes,
+    require_3d,
+    require_finite,
+    require_label_values,
+    same_grid,
+    where,
+)
 from ..errors import UserInputError
 from ..files import NIFTI_SUFFIXES
 from ..metrics import brats_metrics
@@ -74,9 +84,12 @@ class BrainTumourTask(TaskSpec):
     domain, domain_tag = "MRI", "mri"
     segmentation_name = "3D brain tumour segmentation"
     metric_labels = {
-        "dice_wt": ("Dice, whole tumour", ""), "dice_tc": ("Dice, tumour core", ""),
-        "dice_et": ("Dice, enhancing tumour", ""), "hd95_wt": ("HD95, whole tumour", "mm"),
-        "hd95_tc": ("HD95, tumour core", "mm"), "hd95_et": ("HD95, enhancing tumour", "mm"),
+        "dice_wt": ("Dice, whole tumour", ""),
+        "dice_tc": ("Dice, tumour core", ""),
+        "dice_et": ("Dice, enhancing tumour", ""),
+        "hd95_wt": ("HD95, whole tumour", "mm"),
+        "hd95_tc": ("HD95, tumour core", "mm"),
+        "hd95_et": ("HD95, enhancing tumour", "mm"),
     }
     # the paper's two branches, FLAIR and T1Gd, on the T1Gd grid at 1 mm, z-scored
     preprocessing_modalities = ("flair", "t1gd")

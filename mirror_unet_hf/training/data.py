@@ -41,7 +41,11 @@ def training_data(args: TrainingArguments, accelerator):
     cache_dir = args.cache_dir or str(Path(args.output_dir).resolve().parent / "datasets-cache")
     with accelerator.main_process_first():
         dataset = load_mirror_dataset(
-            args.dataset, data_dir, fold=args.fold, num_folds=args.num_folds, cache_dir=cache_dir,
+            args.dataset,
+            data_dir,
+            fold=args.fold,
+            num_folds=args.num_folds,
+            cache_dir=cache_dir,
             skip_bad=args.skip_bad,
         )
     if args.max_train_studies:

@@ -99,7 +99,9 @@ def _nearest(array2d: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def _bilinear(array2d: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    return np.asarray(Image.fromarray(np.ascontiguousarray(array2d, dtype=np.float32), mode="F").resize(size, Image.BILINEAR))
+    return np.asarray(
+        Image.fromarray(np.ascontiguousarray(array2d, dtype=np.float32), mode="F").resize(size, Image.BILINEAR)
+    )
 
 
 # ------------------------------------------------------------------------------------------ rendering
@@ -120,9 +122,13 @@ class Display:
         images = {key for _, key in study.image_choices()}
         overlays = {key for _, key in study.overlay_choices()}
         if self.image not in images:
-            raise UserInputError(f"image {self.image!r} is not available for this study; expected one of: {', '.join(sorted(images))}")
+            raise UserInputError(
+                f"image {self.image!r} is not available for this study; expected one of: {', '.join(sorted(images))}"
+            )
         if self.overlay not in overlays:
-            raise UserInputError(f"overlay {self.overlay!r} is not available for this study; expected one of: {', '.join(sorted(overlays))}")
+            raise UserInputError(
+                f"overlay {self.overlay!r} is not available for this study; expected one of: {', '.join(sorted(overlays))}"
+            )
         if self.ct_window not in CT_WINDOWS:
             raise UserInputError(f"CT window {self.ct_window!r} is unknown; expected one of: {', '.join(CT_WINDOWS)}")
         if not self.suv_max > 0:
@@ -192,7 +198,9 @@ def _overlay(study: ViewerStudy, display: Display, cut, size: tuple[int, int]) -
 
 
 def _compose(base: np.ndarray, overlay, size: tuple[int, int]) -> np.ndarray:
-    rgb = np.asarray(Image.fromarray(np.round(base * 255.0).astype(np.uint8)).resize(size, Image.BILINEAR), dtype=np.float64)
+    rgb = np.asarray(
+        Image.fromarray(np.round(base * 255.0).astype(np.uint8)).resize(size, Image.BILINEAR), dtype=np.float64
+    )
     if overlay is not None:
         colour, alpha = overlay
         rgb = rgb * (1.0 - alpha[..., None]) + colour * 255.0 * alpha[..., None]
@@ -221,8 +229,12 @@ def _edge_letters(image: Image.Image, plane: str) -> Image.Image:
     width, height = image.size
     left, right, top, bottom = EDGE_LETTERS[plane]
     margin = max(4, height // 80)
-    for text, xy, anchor in ((left, (margin, height / 2), "lm"), (right, (width - margin, height / 2), "rm"),
-                             (top, (width / 2, margin), "mt"), (bottom, (width / 2, height - margin), "mb")):
+    for text, xy, anchor in (
+        (left, (margin, height / 2), "lm"),
+        (right, (width - margin, height / 2), "rm"),
+        (top, (width / 2, margin), "mt"),
+        (bottom, (width / 2, height - margin), "mb"),
+    ):
         draw.text(xy, text, fill=(255, 255, 255), font=font, anchor=anchor, stroke_width=1, stroke_fill=(0, 0, 0))
     return image
 
@@ -277,5 +289,9 @@ def legend(study: ViewerStudy, overlay: str) -> list[tuple[tuple[int, int, int],
         return [(colour, text) for colour, text in COMPARE_CODES.values()]
     layer = study.overlays[overlay]
     if layer.kind == "probability":
-        return [(PROBABILITY_COLOUR, f"{layer.title} (more opaque = more likely; below {PROBABILITY_FLOOR:g} not drawn)")]
-    return [(LABEL_COLOURS.get(value, (255, 255, 255)), f"{layer.title}: {name}") for value, name in layer.names.items()]
+        return [
+            (PROBABILITY_COLOUR, f"{layer.title} (more opaque = more likely; below {PROBABILITY_FLOOR:g} not drawn)")
+        ]
+    return [
+        (LABEL_COLOURS.get(value, (255, 255, 255)), f"{layer.title}: {name}") for value, name in layer.names.items()
+    ]

@@ -171,7 +171,9 @@ def load_study(
     """
     names = dict(file_names or {})
     if reference not in sources:
-        raise UserInputError(f"the {modality_title(reference)} image is missing; the model needs it as its reference grid")
+        raise UserInputError(
+            f"the {modality_title(reference)} image is missing; the model needs it as its reference grid"
+        )
     loaded = _read_modalities(sources, names)
     grid, _ = loaded[reference]
     ornt = nib.orientations.io_orientation(grid.affine)
@@ -193,7 +195,9 @@ def load_study(
     return study
 
 
-def _read_modalities(sources: Mapping[str, NiftiSource], names: Mapping[str, str]) -> dict[str, tuple[Grid, np.ndarray]]:
+def _read_modalities(
+    sources: Mapping[str, NiftiSource], names: Mapping[str, str]
+) -> dict[str, tuple[Grid, np.ndarray]]:
     """modality -> (its grid, its checked 3D voxels); messages name each file as `names` says."""
     loaded = {}
     for name, source in sources.items():

@@ -44,7 +44,12 @@ def _write_brain_tumour(root: Path, n: int, seed: int, shape: tuple[int, int, in
     training = []
     sx, sy, sz = BRAIN_SPACING
     affine = np.array(
-        [[-sx, 0, 0, (shape[0] - 1) / 2 * sx], [0, sy, 0, -(shape[1] - 1) / 2 * sy], [0, 0, sz, -(shape[2] - 1) / 2 * sz], [0, 0, 0, 1]],
+        [
+            [-sx, 0, 0, (shape[0] - 1) / 2 * sx],
+            [0, sy, 0, -(shape[1] - 1) / 2 * sy],
+            [0, 0, sz, -(shape[2] - 1) / 2 * sz],
+            [0, 0, 0, 1],
+        ],
         dtype=np.float64,
     )
     for case in range(n):
@@ -85,8 +90,10 @@ def _render_brain(rng, shape) -> tuple[np.ndarray, np.ndarray]:
     radii = half * np.array([0.86, 0.88, 0.86]) * rng.uniform(0.92, 1.0, 3)
     centre = (0.0, 0.0, half[2] * rng.uniform(0.9, 1.05))  # Z runs from the FOV floor: the head sits slightly low
     d = np.sqrt(space.ellipsoid(centre, radii))
+
     def thickness(mm):
         return mm / float(radii.mean())  # a shell thickness in normalised radius
+
     head = d <= 1
     skull_outer = 1 - thickness(3.0)
     brain_edge = skull_outer - thickness(4.0)
@@ -103,16 +110,29 @@ def _render_brain(rng, shape) -> tuple[np.ndarray, np.ndarray]:
     dx, dy, dz = radii
     cz = centre[2]
     # deep grey nuclei beside the ventricles
-    nuclei = np.minimum(
-        space.ellipsoid((0.2 * dx, -0.02 * dy, cz + 0.02 * dz), (0.1 * dx, 0.14 * dy, 0.12 * dz)),
-        space.ellipsoid((-0.2 * dx, -0.02 * dy, cz + 0.02 * dz), (0.1 * dx, 0.14 * dy, 0.12 * dz)),
-    ) <= 1
+    nuclei = (
+        np.minimum(
+            space.ellipsoid((0.2 * dx, -0.02 * dy, cz + 0.02 * dz), (0.1 * dx, 0.14 * dy, 0.12 * dz)),
+            space.ellipsoid((-0.2 * dx, -0.02 * dy, cz + 0.02 * dz), (0.1 * dx, 0.14 * dy, 0.12 * dz)),
+        )
+        <= 1
+    )
     tissue[nuclei & (tissue == 5)] = 4
     # lateral ventricles: frontal horns splay outwards (rotated ellipsoids), bodies run back near the midline
     ventricles = np.zeros(shape, dtype=bool)
     for side in (1, -1):
-        ventricles |= _rotated_ellipsoid(space, (side * 0.12 * dx, 0.18 * dy, cz + 0.12 * dz), (0.06 * dx, 0.26 * dy, 0.14 * dz), side * 0.35) <= 1
-        ventricles |= _rotated_ellipsoid(space, (side * 0.14 * dx, -0.22 * dy, cz + 0.14 * dz), (0.07 * dx, 0.24 * dy, 0.12 * dz), -side * 0.25) <= 1
+        ventricles |= (
+            _rotated_ellipsoid(
+                space, (side * 0.12 * dx, 0.18 * dy, cz + 0.12 * dz), (0.06 * dx, 0.26 * dy, 0.14 * dz), side * 0.35
+            )
+            <= 1
+        )
+        ventricles |= (
+            _rotated_ellipsoid(
+                space, (side * 0.14 * dx, -0.22 * dy, cz + 0.14 * dz), (0.07 * dx, 0.24 * dy, 0.12 * dz), -side * 0.25
+            )
+            <= 1
+        )
     ventricles |= space.ellipsoid((0.0, 0.0, cz - 0.02 * dz), (0.025 * dx, 0.16 * dy, 0.10 * dz)) <= 1
     falx = (np.abs(space.X) < 1.1) & (tissue >= 4) & (np.abs(space.Y) > 0.45 * dy)
     tissue[ventricles | falx] = 3

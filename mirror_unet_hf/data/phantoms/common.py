@@ -17,7 +17,6 @@ def phantom_nifti(array: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
     return image
 
 
-
 class Space:
     """Broadcast voxel coordinates of a study in body millimetres (X: patient right +, Y: anterior +, Z: up from the FOV floor)."""
 
@@ -33,7 +32,11 @@ class Space:
 
     def ellipsoid(self, centre, radii):
         """Normalised squared distance to an axis-aligned ellipsoid (<= 1 inside)."""
-        return ((self.X - centre[0]) / radii[0]) ** 2 + ((self.Y - centre[1]) / radii[1]) ** 2 + ((self.Z - centre[2]) / radii[2]) ** 2
+        return (
+            ((self.X - centre[0]) / radii[0]) ** 2
+            + ((self.Y - centre[1]) / radii[1]) ** 2
+            + ((self.Z - centre[2]) / radii[2]) ** 2
+        )
 
 
 def smooth_noise(rng, shape, sigma):
