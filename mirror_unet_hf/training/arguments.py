@@ -33,10 +33,12 @@ class TrainingArguments:
             '\'{"channels": [8, 16, 32, 64, 128], "norm": "instance"}\''
         },
     )
-    dataset: str = field(default="autopet", metadata={"help": "autopet or brain_tumour (a task name: mirror_unet_hf.tasks)"})
+    dataset: str = field(
+        default="autopet", metadata={"help": f"a task name (mirror_unet_hf.tasks): {', '.join(task_names())}"}
+    )
     data_dir: str | None = field(
         default=None,
-        metadata={"help": "dataset folder (AutoPET / MSD layout); empty = generate phantoms into --phantom_dir"},
+        metadata={"help": "dataset folder (in the task's layout); empty = generate phantoms into --phantom_dir"},
     )
     phantom_dir: str | None = field(
         default=None,
