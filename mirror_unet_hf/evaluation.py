@@ -33,6 +33,7 @@ STATUS_OK = "ok"
 STATUS_MISSING = "missing prediction"
 STATUS_ERROR = "error"
 
+
 def flat_niftis(folder: Path) -> dict[str, Path]:
     """``case_id -> path`` for the NIfTI files directly in ``folder`` (hidden files such as MSD's ``._*`` skipped)."""
     found: dict[str, Path] = {}
@@ -243,7 +244,9 @@ def evaluate_folders(
         except Exception as error:  # with skip_bad, one study's failure (even a bug) must not end the run
             if not skip_bad:
                 raise
-            message = str(error) if isinstance(error, UserInputError) else f"internal error: {type(error).__name__}: {error}"
+            message = (
+                str(error) if isinstance(error, UserInputError) else f"internal error: {type(error).__name__}: {error}"
+            )
             message = message.strip().splitlines()[0] if message.strip() else type(error).__name__
             if not isinstance(error, UserInputError):
                 tracebacks[case_id] = traceback.format_exc()

@@ -38,7 +38,11 @@ def load_model(model: str | Path, device: str = "cpu"):
             raise UserInputError(f"model folder {path} has no config.json; expected a save_pretrained folder")
         pickled = sorted(p.name for p in path.iterdir() if is_pickle_file(p.name))
         if not (path / "model.safetensors").is_file():
-            hint = f" (found {', '.join(pickled)}: pickle-based weights are refused because loading them can run code)" if pickled else ""
+            hint = (
+                f" (found {', '.join(pickled)}: pickle-based weights are refused because loading them can run code)"
+                if pickled
+                else ""
+            )
             raise UserInputError(f"model folder {path} has no model.safetensors{hint}")
     from transformers.utils import logging as hf_logging
 
@@ -144,10 +148,14 @@ def _branch_images(model, study: PreprocessedStudy, result) -> dict[str, nib.Nif
     def add(name: str, values: np.ndarray, task: dict):
         if task["task"] == "reconstruction":
             restored = study.restore(values[0], order=1)
-            images[name] = nib.Nifti1Image(_to_modality_units(restored, windows.get(task["targets"][0])).astype(np.float32), study.reference_affine)
+            images[name] = nib.Nifti1Image(
+                _to_modality_units(restored, windows.get(task["targets"][0])).astype(np.float32), study.reference_affine
+            )
         else:
             probabilities = torch.from_numpy(values).softmax(dim=0)[1:].sum(dim=0).numpy()
-            images[name] = nib.Nifti1Image(study.restore(probabilities, order=1).astype(np.float32), study.reference_affine)
+            images[name] = nib.Nifti1Image(
+                study.restore(probabilities, order=1).astype(np.float32), study.reference_affine
+            )
 
     for spec in config.branches:
         if spec["name"] in result.branches:
@@ -194,7 +202,9 @@ def predict_study(
         parts.append("classification")
     start = time.perf_counter()
     # only the mask is needed: for two classes the sliding window blends one margin channel
-    result = sliding_window_predict(model, study.image, settings, parts=tuple(parts), progress=progress, keep_logits=False)
+    result = sliding_window_predict(
+        model, study.image, settings, parts=tuple(parts), progress=progress, keep_logits=False
+    )
     seconds["network"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -208,7 +218,12 @@ def predict_study(
         names = ["lesion_presence"] if head["task"] == "lesion_presence" else list(head["class_names"])
         classification = {name: float(p) for name, p in zip(names, result.classification)}
     seconds["restore"] = time.perf_counter() - start
-    run = {"precision": result.precision, "workers": result.workers, "window_batch": result.window_batch, "windows": result.num_windows}
+    run = {
+        "precision": result.precision,
+        "workers": result.workers,
+        "window_batch": result.window_batch,
+        "windows": result.num_windows,
+    }
     return StudyPrediction(
         mask=mask, branches=branches, classification=classification, preprocessed=study, seconds=seconds, run=run
     )

@@ -28,11 +28,22 @@ def _all_rows(dataset_dict):
 def test_autopet_phantoms_load_with_every_column(autopet_phantoms, tmp_path):
     data = load_mirror_dataset("autopet", autopet_phantoms, fold=0, num_folds=3, cache_dir=tmp_path)
     assert set(data) == {"train", "validation"}
-    assert data["train"].column_names == ["case_id", "patient_id", "diagnosis", "ct", "pet", "label", "spacing", "shape"]
+    assert data["train"].column_names == [
+        "case_id",
+        "patient_id",
+        "diagnosis",
+        "ct",
+        "pet",
+        "label",
+        "spacing",
+        "shape",
+    ]
     rows = _all_rows(data)
     assert len(rows) == 6
     for row in rows:
-        folder = autopet_phantoms / "FDG-PET-CT-Lesions" / row["patient_id"] / row["case_id"][len(row["patient_id"]) + 1 :]
+        folder = (
+            autopet_phantoms / "FDG-PET-CT-Lesions" / row["patient_id"] / row["case_id"][len(row["patient_id"]) + 1 :]
+        )
         original = nib.load(str(folder / "SUV.nii.gz"))
         assert np.array_equal(np.asanyarray(row["pet"].dataobj), np.asanyarray(original.dataobj))
         assert np.allclose(row["pet"].affine, original.affine)
@@ -44,7 +55,14 @@ def test_autopet_phantoms_load_with_every_column(autopet_phantoms, tmp_path):
 
 def test_brain_tumour_4d_image_is_split_into_named_channels(brain_phantoms, tmp_path):
     data = load_mirror_dataset("brain_tumour", brain_phantoms, fold=0, num_folds=3, cache_dir=tmp_path)
-    assert data["train"].column_names == ["case_id", "patient_id", *BRAIN_TUMOUR_MODALITIES, "label", "spacing", "shape"]
+    assert data["train"].column_names == [
+        "case_id",
+        "patient_id",
+        *BRAIN_TUMOUR_MODALITIES,
+        "label",
+        "spacing",
+        "shape",
+    ]
     for row in _all_rows(data):
         original = nib.load(str(brain_phantoms / "Task01_BrainTumour" / "imagesTr" / f"{row['case_id']}.nii.gz"))
         for channel, modality in enumerate(BRAIN_TUMOUR_MODALITIES):
@@ -105,7 +123,9 @@ def test_real_autopet_sample_loads(shared_data, tmp_path):
 
 def test_real_msd_sample_loads(shared_data, tmp_path):
     with pytest.warns(UserWarning, match="empty"):
-        data = load_mirror_dataset("brain_tumour", shared_data / "msd_task01_sample", fold=0, num_folds=2, cache_dir=tmp_path)
+        data = load_mirror_dataset(
+            "brain_tumour", shared_data / "msd_task01_sample", fold=0, num_folds=2, cache_dir=tmp_path
+        )
     (row,) = _all_rows(data)
     original = np.asanyarray(nib.load(str(shared_data / "msd_task01_sample/imagesTr/BRATS_sample.nii.gz")).dataobj)
     assert row["case_id"] == "BRATS_sample"

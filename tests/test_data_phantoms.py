@@ -45,7 +45,11 @@ def test_fewer_studies_are_a_prefix_of_more(tmp_path):
 # Digests of the uncompressed files of two FDG phantom sets, computed before the renderer was split into
 # tracer-independent pieces (autoPET III/IV PSMA phantoms): AutoPET phantoms must stay byte-identical.
 FDG_PHANTOM_DIGESTS = {
-    (8, 3, (32, 32, 24)): "a89f7f6ed393c33aae9ac8bc94f18f6b1602c3ee823dc4f40828d8df9ecdfc58",  # every diagnosis, a follow-up
+    (
+        8,
+        3,
+        (32, 32, 24),
+    ): "a89f7f6ed393c33aae9ac8bc94f18f6b1602c3ee823dc4f40828d8df9ecdfc58",  # every diagnosis, a follow-up
     (2, 0, None): "e7b462037e412475901fb8188986afe8ea997bf077ae34b823ef8ce21ea3a1e1",  # default 96 x 96 x 80
 }
 
@@ -137,7 +141,21 @@ def test_brain_phantom_shows_the_mri_contrasts(brain_phantoms):
 
 
 def test_cli_writes_phantoms_and_refuses_to_overwrite(tmp_path, capsys):
-    args = ["make-phantoms", "--layout", "brain_tumour", "--out", str(tmp_path), "--n", "1", "--seed", "4", "--shape", "24", "24", "24"]
+    args = [
+        "make-phantoms",
+        "--layout",
+        "brain_tumour",
+        "--out",
+        str(tmp_path),
+        "--n",
+        "1",
+        "--seed",
+        "4",
+        "--shape",
+        "24",
+        "24",
+        "24",
+    ]
     assert main(args) == 0
     assert (tmp_path / "Task01_BrainTumour" / "imagesTr" / "BRATS_001.nii.gz").is_file()
     assert main(args) == 2

@@ -50,8 +50,12 @@ class ToyTask(TaskSpec):
 
     def discover(self, root: Path) -> list[StudyFiles]:
         return [
-            StudyFiles(case.name, case.name.split("-")[0], case.name,
-                       files={"ct": case / "ct.nii.gz", "pet": case / "pet.nii.gz", "label": case / "mask.nii.gz"})
+            StudyFiles(
+                case.name,
+                case.name.split("-")[0],
+                case.name,
+                files={"ct": case / "ct.nii.gz", "pet": case / "pet.nii.gz", "label": case / "mask.nii.gz"},
+            )
             for case in sorted(p for p in root.iterdir() if p.is_dir())
         ]
 
@@ -96,8 +100,10 @@ def write_toy_dataset(root: Path) -> Path:
         mask[2:5, 2:5, 2:5] = 1
         (folder / case).mkdir(parents=True)
         for name, data in (("ct", rng.normal(0, 100, mask.shape)), ("pet", mask * 8.0 + 1), ("mask", mask)):
-            nib.save(nib.Nifti1Image(np.asarray(data, dtype=np.float32 if name != "mask" else np.uint8), AFFINE),
-                     str(folder / case / f"{name}.nii.gz"))
+            nib.save(
+                nib.Nifti1Image(np.asarray(data, dtype=np.float32 if name != "mask" else np.uint8), AFFINE),
+                str(folder / case / f"{name}.nii.gz"),
+            )
     return folder
 
 
@@ -108,8 +114,13 @@ def test_built_in_tasks_are_registered_in_order():
 
 @pytest.mark.parametrize(
     ("spelling", "name"),
-    [("autopet", "autopet"), ("AutoPET", "autopet"), ("BrainTumour", "brain_tumour"), ("brain-tumor", "brain_tumour"),
-     ("Task01_BrainTumour", "brain_tumour")],
+    [
+        ("autopet", "autopet"),
+        ("AutoPET", "autopet"),
+        ("BrainTumour", "brain_tumour"),
+        ("brain-tumor", "brain_tumour"),
+        ("Task01_BrainTumour", "brain_tumour"),
+    ],
 )
 def test_get_task_accepts_names_and_aliases(spelling, name):
     assert get_task(spelling).name == name
@@ -169,8 +180,22 @@ def test_a_new_task_is_evaluated_through_its_layout_and_metrics(toy_task, tmp_pa
     dice = {row["case_id"]: row["dice"] for row in report.rows}
     assert dice == {"p1-a": 1.0, "p1-b": 1.0, "p2-a": 0.0, "p3-a": 1.0}
     assert report.mean["dice"] == pytest.approx(0.75)
-    assert main(["evaluate", "--pred", str(predictions), "--gt", str(tmp_path / "raw"), "--task", "toy_scans",
-                 "--out", str(tmp_path / "m.csv")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--pred",
+                str(predictions),
+                "--gt",
+                str(tmp_path / "raw"),
+                "--task",
+                "toy_scans",
+                "--out",
+                str(tmp_path / "m.csv"),
+            ]
+        )
+        == 0
+    )
 
 
 def test_a_new_task_refuses_masks_outside_its_label_map(toy_task, tmp_path):
@@ -195,7 +220,9 @@ def test_phantom_layouts_are_the_tasks_with_a_writer(toy_task, tmp_path):
     from mirror_unet_hf.data.phantoms import phantom_layouts
 
     assert phantom_layouts() == ("autopet", "brain_tumour", "autopet3")  # the toy task has none
-    with pytest.raises(UserInputError, match="unknown phantom layout 'toy_scans'; expected autopet or brain_tumour or autopet3"):
+    with pytest.raises(
+        UserInputError, match="unknown phantom layout 'toy_scans'; expected autopet or brain_tumour or autopet3"
+    ):
         make_phantoms("toy_scans", tmp_path, 1, 0)
 
 

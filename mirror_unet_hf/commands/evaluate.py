@@ -11,9 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..tasks import task_names
-
 from ..evaluation import EvaluationReport, check_outputs_free, evaluate_folders, write_report
+from ..tasks import task_names
 
 HELP = "Score predicted masks against ground truth (AutoPET: Dice/FPV/FNV; BrainTumour: Dice/HD95 per region)."
 
@@ -27,7 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "case id <patient>_<study>), an MSD folder (labelsTr/BRATS_XXX.nii.gz) or an autoPET III/IV folder "
         "(labelsTr/<case>.nii.gz; FDG and PSMA studies get their own mean rows)",
     )
-    parser.add_argument("--task", required=True, choices=task_names(), help="metric set: a task name (autopet, brain_tumour, ...)")
+    parser.add_argument(
+        "--task", required=True, choices=task_names(), help="metric set: a task name (autopet, brain_tumour, ...)"
+    )
     parser.add_argument("--out", required=True, help="CSV to write: one row per study, then the mean row")
     parser.add_argument("--json", default=None, help="also write the rows, mean and problems as JSON here")
     parser.add_argument(

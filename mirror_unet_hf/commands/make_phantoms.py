@@ -21,9 +21,15 @@ HELP = "Write synthetic PET/CT (AutoPET, autoPET III/IV layouts) or brain MRI (M
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layout", required=True, choices=phantom_layouts(), help="which dataset layout to write")
-    parser.add_argument("--out", required=True, help="output folder; the dataset folder (FDG-PET-CT-Lesions/, Task01_BrainTumour/, ...) is created in it")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="output folder; the dataset folder (FDG-PET-CT-Lesions/, Task01_BrainTumour/, ...) is created in it",
+    )
     parser.add_argument("--n", type=int, default=8, help="number of studies (default 8)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes identical files (default 0)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="random seed; the same seed writes identical files (default 0)"
+    )
     parser.add_argument(
         "--shape",
         type=int,

@@ -17,7 +17,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--model", required=True, help="save_pretrained folder or Hub id (org/name)")
     source = parser.add_argument_group("input (one of)")
     source.add_argument(
-        "--input", action="append", default=[], metavar="NAME=PATH",
+        "--input",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
         help="one modality file, named as in the model config (repeat: --input ct=CTres.nii.gz --input pet=SUV.nii.gz)",
     )
     source.add_argument("--study", help="an AutoPET study folder (CTres/SUV.nii.gz) or an MSD 4D image")
@@ -26,22 +29,49 @@ def add_arguments(parser) -> None:
     )
     output = parser.add_argument_group("output")
     output.add_argument("--out", help="mask file for --input/--study (.nii.gz)")
-    output.add_argument("--out-dir", help="folder for --input-dir: <case_id>.nii.gz per study (what `evaluate --pred` reads)")
-    output.add_argument("--lesions", help="lesion table CSV for --input/--study (a JSON summary is written beside it); PET models")
-    output.add_argument("--save-branches", metavar="DIR", help="also write each branch / bottleneck-decoder output as NIfTI here")
+    output.add_argument(
+        "--out-dir", help="folder for --input-dir: <case_id>.nii.gz per study (what `evaluate --pred` reads)"
+    )
+    output.add_argument(
+        "--lesions", help="lesion table CSV for --input/--study (a JSON summary is written beside it); PET models"
+    )
+    output.add_argument(
+        "--save-branches", metavar="DIR", help="also write each branch / bottleneck-decoder output as NIfTI here"
+    )
     output.add_argument("--overwrite", action="store_true", help="replace existing outputs (refused by default)")
     run = parser.add_argument_group("how to run")
     run.add_argument(
-        "--precision", choices=["auto", "fp32", "bf16"], default="auto",
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
         help="auto (default): bf16 with BatchNorm folded where the CPU/GPU computes bf16 natively, else fp32; fp32 is exact",
     )
     run.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     run.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap fraction")
-    run.add_argument("--window", type=int, nargs=3, metavar=("X", "Y", "Z"), help="window size in voxels (default: the model's patch size)")
-    run.add_argument("--window-batch", type=int, default=None, help="windows per forward pass (default: 2 for fp32 on a CPU, else 1)")
-    run.add_argument("--workers", type=int, default=None, help="CPU: windows run in parallel, one thread each (default: one per core, at most 4)")
-    run.add_argument("--blend", choices=["constant", "gaussian"], default="constant", help="blending of overlapping windows")
-    run.add_argument("--skip-bad", action="store_true", help="with --input-dir: continue past studies that fail and list them at the end")
+    run.add_argument(
+        "--window",
+        type=int,
+        nargs=3,
+        metavar=("X", "Y", "Z"),
+        help="window size in voxels (default: the model's patch size)",
+    )
+    run.add_argument(
+        "--window-batch", type=int, default=None, help="windows per forward pass (default: 2 for fp32 on a CPU, else 1)"
+    )
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="CPU: windows run in parallel, one thread each (default: one per core, at most 4)",
+    )
+    run.add_argument(
+        "--blend", choices=["constant", "gaussian"], default="constant", help="blending of overlapping windows"
+    )
+    run.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="with --input-dir: continue past studies that fail and list them at the end",
+    )
 
 
 def _parse_inputs(pairs: list[str]) -> dict[str, Path]:

@@ -16,8 +16,8 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
 import datasets
 from datasets.exceptions import DatasetGenerationError
@@ -71,7 +71,9 @@ def discover_studies(name: str, root: Path) -> list[StudyFiles]:
 
 def source_fingerprint(root: Path, studies: list[StudyFiles], task: str | TaskSpec = "autopet") -> str:
     """Hash of the names, sizes and modification times of every file the build would read."""
-    paths = sorted({path for study in studies for path in study.files.values()} | set(get_task(task).metadata_files(root)))
+    paths = sorted(
+        {path for study in studies for path in study.files.values()} | set(get_task(task).metadata_files(root))
+    )
     digest = hashlib.sha256()
     for study in studies:
         digest.update(f"{study.case_id}|{study.problem}\n".encode())
@@ -131,7 +133,7 @@ class MirrorDatasetBuilder(datasets.GeneratorBasedBuilder):
     # so a task registered after this module was imported is buildable too.
     @classproperty
     @classmethod
-    def BUILDER_CONFIGS(cls) -> list[MirrorDatasetConfig]:  # noqa: N802  (the datasets attribute name)
+    def BUILDER_CONFIGS(cls) -> list[MirrorDatasetConfig]:
         return [MirrorDatasetConfig(name=t.name, version=VERSION, description=t.description) for t in list_tasks()]
 
     @classproperty
@@ -150,7 +152,11 @@ class MirrorDatasetBuilder(datasets.GeneratorBasedBuilder):
         if not self.config.data_dir:
             raise UserInputError("MirrorDatasetBuilder needs data_dir (the dataset folder or its parent)")
         root = find_dataset_root(self.config.name, self.config.data_dir)
-        return [datasets.SplitGenerator(name=STUDIES_SPLIT, gen_kwargs={"studies": discover_studies(self.config.name, root)})]
+        return [
+            datasets.SplitGenerator(
+                name=STUDIES_SPLIT, gen_kwargs={"studies": discover_studies(self.config.name, root)}
+            )
+        ]
 
     def _generate_examples(self, studies: list[StudyFiles]):
         failures = []
@@ -167,7 +173,9 @@ class MirrorDatasetBuilder(datasets.GeneratorBasedBuilder):
         if failures and len(failures) == len(studies):
             raise UserInputError(f"all {len(studies)} studies failed; first: {failures[0]}")
         if failures:
-            self.info.description = f"{self.config.description}\n\n{_SKIPPED_MARKER}\n" + "\n".join(f"- {f}" for f in failures)
+            self.info.description = f"{self.config.description}\n\n{_SKIPPED_MARKER}\n" + "\n".join(
+                f"- {f}" for f in failures
+            )
             warnings.warn(_skipped_message(failures, len(studies)), UserWarning, stacklevel=2)
 
 
@@ -234,11 +242,17 @@ def load_mirror_dataset(
         raise
     if not hasattr(builder, "skipped_studies") and _SKIPPED_MARKER in (builder.info.description or ""):
         skipped = builder.info.description.split(_SKIPPED_MARKER, 1)[1].strip().splitlines()
-        warnings.warn(_skipped_message([s.removeprefix("- ") for s in skipped], len(studies)), UserWarning, stacklevel=2)
+        warnings.warn(
+            _skipped_message([s.removeprefix("- ") for s in skipped], len(studies)), UserWarning, stacklevel=2
+        )
     table = builder.as_dataset(split=STUDIES_SPLIT)
     train, validation = fold_indices(get_task(name), table, fixed, fold, num_folds)
     if not train or not validation:
-        cause = "the dataset's own folds leave" if fixed else f"{len(set(table['patient_id']))} patient(s) for {num_folds} folds leaves"
+        cause = (
+            "the dataset's own folds leave"
+            if fixed
+            else f"{len(set(table['patient_id']))} patient(s) for {num_folds} folds leaves"
+        )
         warnings.warn(
             f"{name}: {cause} the {'training' if not train else 'validation'} split of fold {fold} empty",
             UserWarning,

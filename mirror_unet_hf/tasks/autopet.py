@@ -29,8 +29,18 @@ from ..data.constants import (
     UNKNOWN_DIAGNOSIS,
     diagnosis_from_metadata,
 )
-from ..data.nifti_io import grid_of, grids_overlap, nifti_from_bytes, read_array, read_bytes, require_3d
-from ..data.nifti_io import require_finite, require_label_values, same_grid, where
+from ..data.nifti_io import (
+    grid_of,
+    grids_overlap,
+    nifti_from_bytes,
+    read_array,
+    read_bytes,
+    require_3d,
+    require_finite,
+    require_label_values,
+    same_grid,
+    where,
+)
 from ..errors import UserInputError
 from ..metrics import autopet_metrics
 from .base import StudyFiles, TaskSpec
@@ -111,14 +121,22 @@ class AutoPETTask(TaskSpec):
     domain, domain_tag = "PET/CT", "pet-ct"
     segmentation_name = "3D lesion segmentation"
     metric_labels = {
-        "dice": ("Dice", ""), "fpv_ml": ("False-positive volume", "ml"), "fnv_ml": ("False-negative volume", "ml"),
+        "dice": ("Dice", ""),
+        "fpv_ml": ("False-positive volume", "ml"),
+        "fnv_ml": ("False-negative volume", "ml"),
     }
     preprocessing_modalities = AUTOPET_MODALITIES
     reference_modality = "pet"
     target_spacing = (2.0, 2.0, 3.0)
     intensity_windows = {"ct": (-100.0, 250.0), "pet": (0.0, 15.0)}
     metric_columns = (
-        "dice", "fpv_ml", "fnv_ml", "gt_volume_ml", "pred_volume_ml", "gt_lesions", "missed_lesions",
+        "dice",
+        "fpv_ml",
+        "fnv_ml",
+        "gt_volume_ml",
+        "pred_volume_ml",
+        "gt_lesions",
+        "missed_lesions",
         "false_positive_components",
     )
     validation_columns = ("dice", "fpv_ml", "fnv_ml")
@@ -142,8 +160,10 @@ class AutoPETTask(TaskSpec):
         for patient in _subfolders(root):
             study_dirs = _subfolders(patient)
             if not study_dirs:
-                problem = (f"study {patient.name!r}: patient folder has no study folders; expected "
-                           f"{patient.name}/<study>/{{CTres,SUV,SEG}}.nii.gz")
+                problem = (
+                    f"study {patient.name!r}: patient folder has no study folders; expected "
+                    f"{patient.name}/<study>/{{CTres,SUV,SEG}}.nii.gz"
+                )
                 studies.append(StudyFiles(patient.name, patient.name, patient.name, problem=problem))
                 continue
             for study in study_dirs:
@@ -152,18 +172,23 @@ class AutoPETTask(TaskSpec):
                 diagnosis = by_study.get((patient.name, _folder_date(study.name)))
                 if diagnosis is None and len(by_patient.get(patient.name, ())) == 1:
                     diagnosis = next(iter(by_patient[patient.name]))
-                studies.append(StudyFiles(
-                    case_id=case_id(patient.name, study.name),
-                    patient_id=patient.name,
-                    name=f"{patient.name}/{study.name}",
-                    files=files,
-                    diagnosis=diagnosis or UNKNOWN_DIAGNOSIS,
-                ))
+                studies.append(
+                    StudyFiles(
+                        case_id=case_id(patient.name, study.name),
+                        patient_id=patient.name,
+                        name=f"{patient.name}/{study.name}",
+                        files=files,
+                        diagnosis=diagnosis or UNKNOWN_DIAGNOSIS,
+                    )
+                )
         return studies
 
     def read_study(self, study: StudyFiles) -> dict:
-        record = {"case_id": study.case_id, "patient_id": study.patient_id,
-                  "diagnosis": study.diagnosis or UNKNOWN_DIAGNOSIS}
+        record = {
+            "case_id": study.case_id,
+            "patient_id": study.patient_id,
+            "diagnosis": study.diagnosis or UNKNOWN_DIAGNOSIS,
+        }
         grids = {}
         for role in (*AUTOPET_FILES, "label"):
             filename = study.files[role].name

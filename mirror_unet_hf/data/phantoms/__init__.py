@@ -80,9 +80,13 @@ def make_phantoms(
     staging = Path(tempfile.mkdtemp(prefix=f".{task.folder}.", suffix=".tmp", dir=out_dir))
     try:
         task.write_phantoms(out_dir, staging / task.folder, int(n), int(seed), shape)
-        atomic_write_bytes(staging / task.folder / PHANTOM_MARKER, (
-            f"Synthetic phantoms written by mirror_unet_hf.data.make_phantoms(layout={layout!r}, seed={seed}, "
-            f"shape={shape}); not patient data.\n").encode())
+        atomic_write_bytes(
+            staging / task.folder / PHANTOM_MARKER,
+            (
+                f"Synthetic phantoms written by mirror_unet_hf.data.make_phantoms(layout={layout!r}, seed={seed}, "
+                f"shape={shape}); not patient data.\n"
+            ).encode(),
+        )
         os.replace(staging / task.folder, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

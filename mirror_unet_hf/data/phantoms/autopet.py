@@ -33,8 +33,8 @@ import numpy as np
 from scipy import ndimage
 
 from ...files import atomic_write_bytes
-from ..nifti_io import encode_nifti
 from ..constants import AUTOPET_FILES, AUTOPET_LABEL_FILE, AUTOPET_METADATA_CSV
+from ..nifti_io import encode_nifti
 from .common import Space, phantom_nifti, smooth_noise
 
 AUTOPET_SPACING = (2.0, 2.0, 3.0)
@@ -102,7 +102,16 @@ def _write_autopet(root: Path, n: int, seed: int, shape: tuple[int, int, int]) -
         study_dir = root / identity["patient"] / folder
         for array, filename in ((ct, AUTOPET_FILES["ct"]), (suv, AUTOPET_FILES["pet"]), (seg, AUTOPET_LABEL_FILE)):
             atomic_write_bytes(study_dir / filename, encode_nifti(phantom_nifti(array, affine), compresslevel=6))
-        rows.append(_Study(identity["patient"], folder, date, "negative" if not np.any(seg) else diagnosis, identity["age"], identity["sex"]))
+        rows.append(
+            _Study(
+                identity["patient"],
+                folder,
+                date,
+                "negative" if not np.any(seg) else diagnosis,
+                identity["age"],
+                identity["sex"],
+            )
+        )
     return rows
 
 
@@ -110,13 +119,23 @@ def _metadata_csv(rows: list[_Study]) -> bytes:
     """The TCIA metadata format: one row per series (CT, PT, SEG); dates m/d/YYYY; diagnosis in capitals."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["Subject ID", "Study UID", "Study Description", "Study Date", "Modality", "diagnosis", "age", "sex"])
+    writer.writerow(
+        ["Subject ID", "Study UID", "Study Description", "Study Date", "Modality", "diagnosis", "age", "sex"]
+    )
     for number, row in enumerate(rows):
         uid = f"1.2.826.0.1.3680043.8.498.{number + 1}"
         for modality in ("CT", "PT", "SEG"):
             writer.writerow(
-                [row.patient, uid, "PET-CT Ganzkoerper  primaer mit KM", f"{row.date.month}/{row.date.day}/{row.date.year}",
-                 modality, row.diagnosis.upper(), f"{row.age}Y", row.sex]
+                [
+                    row.patient,
+                    uid,
+                    "PET-CT Ganzkoerper  primaer mit KM",
+                    f"{row.date.month}/{row.date.day}/{row.date.year}",
+                    modality,
+                    row.diagnosis.upper(),
+                    f"{row.age}Y",
+                    row.sex,
+                ]
             )
     return buffer.getvalue().encode()
 
@@ -129,18 +148,33 @@ def draw_anatomy(rng, shape) -> dict:
     A = half_width * rng.uniform(0.74, 0.86)  # trunk half-width
     B = A * rng.uniform(0.60, 0.72)  # trunk half-depth
     H = nz * sz
+
     def jitter():
         return rng.uniform(0.9, 1.1)  # one organ-size factor per call
+
     return {
-        "shape": tuple(shape), "A": A, "B": B, "H": H,
+        "shape": tuple(shape),
+        "A": A,
+        "B": B,
+        "H": H,
         "fat": rng.uniform(0.05, 0.16),  # subcutaneous fat thickness / A
         "visceral": rng.uniform(-0.6, 0.6),  # visceral fat threshold (lower = more fat)
         "outline": [(rng.uniform(-0.03, 0.03), rng.uniform(0, 2 * np.pi)) for _ in range(3)],
-        "liver": jitter(), "spleen": jitter(), "kidney": jitter(), "heart": jitter(), "lung": jitter(), "bladder": rng.uniform(0.7, 1.2),
-        "suv_muscle": rng.uniform(0.6, 1.2), "suv_liver": rng.uniform(1.8, 2.6), "suv_brain": rng.uniform(6.0, 11.0),
+        "liver": jitter(),
+        "spleen": jitter(),
+        "kidney": jitter(),
+        "heart": jitter(),
+        "lung": jitter(),
+        "bladder": rng.uniform(0.7, 1.2),
+        "suv_muscle": rng.uniform(0.6, 1.2),
+        "suv_liver": rng.uniform(1.8, 2.6),
+        "suv_brain": rng.uniform(6.0, 11.0),
         "suv_heart": rng.uniform(1.5, 12.0) if rng.random() < 0.6 else rng.uniform(1.5, 3.0),
-        "suv_kidney": rng.uniform(2.5, 4.0), "suv_urine": rng.uniform(6.0, 25.0), "suv_bladder": rng.uniform(8.0, 40.0),
-        "suv_stomach": rng.uniform(1.2, 3.5), "suv_tonsil": rng.uniform(2.0, 4.5),
+        "suv_kidney": rng.uniform(2.5, 4.0),
+        "suv_urine": rng.uniform(6.0, 25.0),
+        "suv_bladder": rng.uniform(8.0, 40.0),
+        "suv_stomach": rng.uniform(1.2, 3.5),
+        "suv_tonsil": rng.uniform(2.0, 4.5),
         "organ_seed": int(rng.integers(2**31)),
     }
 
@@ -151,7 +185,12 @@ def body_parts(space: Space, a: dict) -> dict:
     X, Y, Z = space.X, space.Y, space.Z
     t = Z / H
     # trunk: elliptical section whose width follows a profile, flatter at the back, wobbly outline
-    width = np.interp(t, [0.0, 0.12, 0.3, 0.55, 0.66, 0.70, 0.725, 0.74], [0.93, 0.97, 0.88, 1.0, 1.02, 0.92, 0.68, 0.3]).astype(np.float32) * A
+    width = (
+        np.interp(
+            t, [0.0, 0.12, 0.3, 0.55, 0.66, 0.70, 0.725, 0.74], [0.93, 0.97, 0.88, 1.0, 1.02, 0.92, 0.68, 0.3]
+        ).astype(np.float32)
+        * A
+    )
     depth = np.interp(t, [0.0, 0.3, 0.6, 0.72], [1.0, 0.95, 1.05, 0.8]).astype(np.float32) * B
     depth = np.where(Y < 0, depth * 0.93, depth)
     theta = np.arctan2(Y / depth, X / width)
@@ -163,31 +202,55 @@ def body_parts(space: Space, a: dict) -> dict:
     head = head_d <= 1.0
     body = trunk | neck | head
     organs = {
-        "body": body, "trunk": trunk, "rho": np.where(trunk, rho, 2.0), "t": t,
-        "head_d": head_d, "head": head,
+        "body": body,
+        "trunk": trunk,
+        "rho": np.where(trunk, rho, 2.0),
+        "t": t,
+        "head_d": head_d,
+        "head": head,
     }
     L = a["lung"]
-    organs["lung_r"] = space.ellipsoid((0.44 * A, -0.02 * B, 0.575 * H), (0.34 * A * L, 0.70 * B * L, 0.125 * H * L)) <= 1
-    organs["lung_l"] = space.ellipsoid((-0.44 * A, -0.02 * B, 0.575 * H), (0.34 * A * L, 0.70 * B * L, 0.125 * H * L)) <= 1
-    organs["heart_d"] = space.ellipsoid((-0.12 * A, 0.22 * B, 0.52 * H), (0.30 * A * a["heart"], 0.42 * B * a["heart"], 0.07 * H))
-    organs["liver"] = (space.ellipsoid((0.34 * A, 0.02 * B, 0.41 * H), (0.46 * A * a["liver"], 0.70 * B * a["liver"], 0.11 * H)) <= 1) & (rho < 0.9)
-    organs["spleen"] = space.ellipsoid((-0.55 * A, -0.30 * B, 0.41 * H), (0.16 * A * a["spleen"], 0.28 * B * a["spleen"], 0.05 * H)) <= 1
+    organs["lung_r"] = (
+        space.ellipsoid((0.44 * A, -0.02 * B, 0.575 * H), (0.34 * A * L, 0.70 * B * L, 0.125 * H * L)) <= 1
+    )
+    organs["lung_l"] = (
+        space.ellipsoid((-0.44 * A, -0.02 * B, 0.575 * H), (0.34 * A * L, 0.70 * B * L, 0.125 * H * L)) <= 1
+    )
+    organs["heart_d"] = space.ellipsoid(
+        (-0.12 * A, 0.22 * B, 0.52 * H), (0.30 * A * a["heart"], 0.42 * B * a["heart"], 0.07 * H)
+    )
+    organs["liver"] = (
+        space.ellipsoid((0.34 * A, 0.02 * B, 0.41 * H), (0.46 * A * a["liver"], 0.70 * B * a["liver"], 0.11 * H)) <= 1
+    ) & (rho < 0.9)
+    organs["spleen"] = (
+        space.ellipsoid((-0.55 * A, -0.30 * B, 0.41 * H), (0.16 * A * a["spleen"], 0.28 * B * a["spleen"], 0.05 * H))
+        <= 1
+    )
     organs["stomach"] = space.ellipsoid((-0.30 * A, 0.30 * B, 0.43 * H), (0.22 * A, 0.28 * B, 0.045 * H)) <= 1
     k = a["kidney"]
     organs["kidney_d"] = np.minimum(
         space.ellipsoid((0.34 * A, -0.46 * B, 0.300 * H), (0.13 * A * k, 0.20 * B * k, 0.055 * H)),
         space.ellipsoid((-0.34 * A, -0.46 * B, 0.315 * H), (0.13 * A * k, 0.20 * B * k, 0.055 * H)),
     )
-    organs["bladder"] = space.ellipsoid((0.0, 0.30 * B, 0.075 * H), (0.26 * A * a["bladder"], 0.30 * B * a["bladder"], 0.045 * H)) <= 1
+    organs["bladder"] = (
+        space.ellipsoid((0.0, 0.30 * B, 0.075 * H), (0.26 * A * a["bladder"], 0.30 * B * a["bladder"], 0.045 * H)) <= 1
+    )
     organs["aorta"] = (((X + 0.08 * A) ** 2 + (Y + 0.30 * B) ** 2) <= (0.07 * A) ** 2) & (t > 0.18) & (t < 0.62)
     spine_y = np.interp(t, [0.0, 0.68, 0.76], [-0.64, -0.64, -0.45]).astype(np.float32) * B
     radius = 0.13 * A
     organs["vertebra_d"] = np.where((t > 0.03) & (t < 0.80), (X**2 + (Y - spine_y) ** 2) / radius**2, 9.0)
-    organs["canal_d"] = np.where((t > 0.03) & (t < 0.80), (X**2 + (Y - spine_y + 1.35 * radius) ** 2) / (0.45 * radius) ** 2, 9.0)
+    organs["canal_d"] = np.where(
+        (t > 0.03) & (t < 0.80), (X**2 + (Y - spine_y + 1.35 * radius) ** 2) / (0.45 * radius) ** 2, 9.0
+    )
     organs["disc"] = np.mod(Z, 0.1 * H) < 0.02 * H
     thorax = (t > 0.44) & (t < 0.70)
     angle = np.abs(np.arctan2(X, -Y))  # 0 at the back, pi at the front
-    organs["ribs"] = thorax & (np.abs(rho - 0.85) < 0.035) & (np.sin(2 * np.pi * Z / (0.05 * H) + 4.0 * angle) > 0.55) & (angle < 2.75)
+    organs["ribs"] = (
+        thorax
+        & (np.abs(rho - 0.85) < 0.035)
+        & (np.sin(2 * np.pi * Z / (0.05 * H) + 4.0 * angle) > 0.55)
+        & (angle < 2.75)
+    )
     organs["sternum"] = thorax & (np.abs(X) < 0.06 * A) & (np.abs(rho - 0.86) < 0.05) & (Y > 0)
     iliac = np.minimum(
         space.ellipsoid((0.42 * A, -0.25 * B, 0.11 * H), (0.30 * A, 0.42 * B, 0.08 * H)),
@@ -195,17 +258,27 @@ def body_parts(space: Space, a: dict) -> dict:
     )
     # iliac wings: the upper, lateral and posterior part of an ellipsoid shell
     organs["pelvis"] = (iliac <= 1) & (iliac >= 0.78) & (np.abs(X) > 0.25 * A) & (Y < 0.1 * B) & (Z > 0.085 * H)
-    organs["femur"] = np.minimum(
-        space.ellipsoid((0.52 * A, 0.0, 0.01 * H), (0.14 * A, 0.14 * A, 0.14 * A)),
-        space.ellipsoid((-0.52 * A, 0.0, 0.01 * H), (0.14 * A, 0.14 * A, 0.14 * A)),
-    ) <= 1
-    organs["ventricles"] = np.minimum(
-        space.ellipsoid((0.06 * A, 0.10 * B, 0.895 * H), (0.045 * A, 0.2 * A, 0.025 * H)),
-        space.ellipsoid((-0.06 * A, 0.10 * B, 0.895 * H), (0.045 * A, 0.2 * A, 0.025 * H)),
-    ) <= 1
-    organs["tonsils"] = np.minimum(
-        space.ellipsoid((0.14 * A, 0.0 * B, 0.80 * H), (5.0, 5.0, 5.0)), space.ellipsoid((-0.14 * A, 0.0 * B, 0.80 * H), (5.0, 5.0, 5.0))
-    ) <= 1
+    organs["femur"] = (
+        np.minimum(
+            space.ellipsoid((0.52 * A, 0.0, 0.01 * H), (0.14 * A, 0.14 * A, 0.14 * A)),
+            space.ellipsoid((-0.52 * A, 0.0, 0.01 * H), (0.14 * A, 0.14 * A, 0.14 * A)),
+        )
+        <= 1
+    )
+    organs["ventricles"] = (
+        np.minimum(
+            space.ellipsoid((0.06 * A, 0.10 * B, 0.895 * H), (0.045 * A, 0.2 * A, 0.025 * H)),
+            space.ellipsoid((-0.06 * A, 0.10 * B, 0.895 * H), (0.045 * A, 0.2 * A, 0.025 * H)),
+        )
+        <= 1
+    )
+    organs["tonsils"] = (
+        np.minimum(
+            space.ellipsoid((0.14 * A, 0.0 * B, 0.80 * H), (5.0, 5.0, 5.0)),
+            space.ellipsoid((-0.14 * A, 0.0 * B, 0.80 * H), (5.0, 5.0, 5.0)),
+        )
+        <= 1
+    )
     organs["table"] = (np.abs(Y + 1.02 * B + 8.0) < 3.0) & (np.abs(X) < 0.95 * 0.5 * space.shape[0] * space.spacing[0])
     # organ texture / bowel pattern: fixed per patient so follow-ups share the anatomy
     texture_rng = np.random.default_rng(a["organ_seed"])
@@ -259,13 +332,31 @@ def ct_values(o: dict) -> dict[str, object]:
     """HU of each tissue of ``study_regions``: a number or a function making a textured array."""
     texture = o["texture"]
     return {
-        "table": -150.0, "body": lambda: 42.0 + 6 * texture, "fat": lambda: -105.0 + 8 * texture,
-        "visceral_fat": -95.0, "bowel_gas": -950.0, "bowel_wall": 30.0, "liver": lambda: 58.0 + 5 * texture,
-        "spleen": 48.0, "stomach": 25.0, "kidney": 32.0, "renal_pelvis": 12.0, "bladder": 8.0, "aorta": 42.0,
+        "table": -150.0,
+        "body": lambda: 42.0 + 6 * texture,
+        "fat": lambda: -105.0 + 8 * texture,
+        "visceral_fat": -95.0,
+        "bowel_gas": -950.0,
+        "bowel_wall": 30.0,
+        "liver": lambda: 58.0 + 5 * texture,
+        "spleen": 48.0,
+        "stomach": 25.0,
+        "kidney": 32.0,
+        "renal_pelvis": 12.0,
+        "bladder": 8.0,
+        "aorta": 42.0,
         "lungs": lambda: -830.0 + 25 * texture + np.maximum(o["vessels"] - 1.6, 0) * 450,
-        "heart": 40.0, "myocardium": 45.0, "bone": lambda: 250.0 + 30 * texture, "cortex": 700.0, "disc": 85.0,
-        "canal": 25.0, "posterior_elements": 550.0, "skull": 880.0, "brain": lambda: 36.0 + 3 * texture,
-        "ventricles": 8.0, "tonsils": 40.0,
+        "heart": 40.0,
+        "myocardium": 45.0,
+        "bone": lambda: 250.0 + 30 * texture,
+        "cortex": 700.0,
+        "disc": 85.0,
+        "canal": 25.0,
+        "posterior_elements": 550.0,
+        "skull": 880.0,
+        "brain": lambda: 36.0 + 3 * texture,
+        "ventricles": 8.0,
+        "tonsils": 40.0,
     }
 
 
@@ -280,14 +371,28 @@ def fdg_uptake(rng, o: dict, a: dict) -> dict[str, object]:
     muscle = a["suv_muscle"] * study_uptake()
     liver = a["suv_liver"] * study_uptake()
     suv = {
-        "table": 0.0, "body": lambda: muscle * (1 + 0.08 * texture), "fat": 0.3, "visceral_fat": 0.35,
-        "bowel_gas": 0.0, "bowel_wall": muscle * 1.6, "liver": lambda: liver * (1 + 0.07 * texture),
-        "spleen": 0.85 * a["suv_liver"] * study_uptake(), "stomach": a["suv_stomach"] * study_uptake(),
-        "kidney": a["suv_kidney"] * study_uptake(), "renal_pelvis": a["suv_urine"] * study_uptake(),
-        "bladder": a["suv_bladder"] * study_uptake(), "aorta": 1.7,
-        "lungs": lambda: 0.35 + 0.15 * np.maximum(o["vessels"] - 1.6, 0), "heart": 1.8,
-        "myocardium": a["suv_heart"] * study_uptake(), "bone": 1.4, "cortex": 0.9, "disc": 0.9, "canal": 0.7,
-        "posterior_elements": 0.9, "skull": 0.6,
+        "table": 0.0,
+        "body": lambda: muscle * (1 + 0.08 * texture),
+        "fat": 0.3,
+        "visceral_fat": 0.35,
+        "bowel_gas": 0.0,
+        "bowel_wall": muscle * 1.6,
+        "liver": lambda: liver * (1 + 0.07 * texture),
+        "spleen": 0.85 * a["suv_liver"] * study_uptake(),
+        "stomach": a["suv_stomach"] * study_uptake(),
+        "kidney": a["suv_kidney"] * study_uptake(),
+        "renal_pelvis": a["suv_urine"] * study_uptake(),
+        "bladder": a["suv_bladder"] * study_uptake(),
+        "aorta": 1.7,
+        "lungs": lambda: 0.35 + 0.15 * np.maximum(o["vessels"] - 1.6, 0),
+        "heart": 1.8,
+        "myocardium": a["suv_heart"] * study_uptake(),
+        "bone": 1.4,
+        "cortex": 0.9,
+        "disc": 0.9,
+        "canal": 0.7,
+        "posterior_elements": 0.9,
+        "skull": 0.6,
     }
     brain = a["suv_brain"] * study_uptake()
     suv["brain"] = lambda: brain * np.where(o["head_d"] > 0.45, 1.15, 0.85)
@@ -391,8 +496,13 @@ def make_lesion(rng, centre, radius_mm, suv, kind):
         suv = rng.uniform(3.0, 4.0)  # subtle lesion
     hu = {"lung": 35.0, "node": 38.0, "skin": 40.0, "spleen": 38.0}.get(kind)
     return {
-        "centre": tuple(float(c) for c in centre), "radii": radii, "suv": float(suv), "kind": kind,
-        "hu": hu, "hu_delta": -22.0 if kind == "liver" else 0.0, "necrosis": float(radius_mm > 11 and rng.random() < 0.6),
+        "centre": tuple(float(c) for c in centre),
+        "radii": radii,
+        "suv": float(suv),
+        "kind": kind,
+        "hu": hu,
+        "hu_delta": -22.0 if kind == "liver" else 0.0,
+        "necrosis": float(radius_mm > 11 and rng.random() < 0.6),
     }
 
 
@@ -420,7 +530,15 @@ def draw_lesions(rng, diagnosis: str, a: dict) -> list[dict]:
             lesions.append(centre_node)
             for _ in range(int(rng.integers(1, 4))):  # a cluster around the first node
                 offset = rng.normal(0, 9.0, 3) * (1, 1, 0.8)
-                lesions.append(make_lesion(rng, np.add(centre_node["centre"], offset), rng.uniform(4.0, 9.0), rng.uniform(5.0, 16.0), "node"))
+                lesions.append(
+                    make_lesion(
+                        rng,
+                        np.add(centre_node["centre"], offset),
+                        rng.uniform(4.0, 9.0),
+                        rng.uniform(5.0, 16.0),
+                        "node",
+                    )
+                )
         if rng.random() < 0.25:
             lesions.append(organ(o["spleen"], "spleen", rng.uniform(4.0, 8.0), rng.uniform(4.0, 10.0)))
     elif diagnosis == "lung_cancer":
@@ -439,7 +557,11 @@ def draw_lesions(rng, diagnosis: str, a: dict) -> list[dict]:
             if site == "liver":
                 lesions.append(organ(o["liver"], "liver", rng.uniform(4.0, 11.0), rng.uniform(4.0, 12.0)))
             elif site == "lung":
-                lesions.append(organ((o["lung_r"] | o["lung_l"]) & o["trunk"], "lung", rng.uniform(3.0, 8.0), rng.uniform(3.0, 10.0)))
+                lesions.append(
+                    organ(
+                        (o["lung_r"] | o["lung_l"]) & o["trunk"], "lung", rng.uniform(3.0, 8.0), rng.uniform(3.0, 10.0)
+                    )
+                )
             elif site == "skin":
                 lesions.append(organ(skin, "skin", rng.uniform(3.0, 7.0), rng.uniform(3.0, 10.0)))
             else:
@@ -459,7 +581,13 @@ def follow_up_lesions(rng, lesions: list[dict], a: dict, diagnosis: str, new_les
         if rng.random() < 0.25:
             continue
         scale = rng.uniform(0.6, 1.3)
-        evolved.append({**lesion, "radii": tuple(r * scale for r in lesion["radii"]), "suv": max(3.0, lesion["suv"] * rng.uniform(0.5, 1.2))})
+        evolved.append(
+            {
+                **lesion,
+                "radii": tuple(r * scale for r in lesion["radii"]),
+                "suv": max(3.0, lesion["suv"] * rng.uniform(0.5, 1.2)),
+            }
+        )
     if rng.random() < 0.3 or not evolved:
         evolved += new_lesions(rng, diagnosis, a)[:1]
     return evolved
