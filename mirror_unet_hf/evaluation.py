@@ -2,9 +2,11 @@
 
 Predictions are a flat folder of ``<case_id>.nii.gz`` (what ``mirror-unet predict --out-dir`` writes).
 Ground truth is a flat folder of ``<case_id>.nii.gz``, an AutoPET dataset folder
-(``[FDG-PET-CT-Lesions/]<patient>/<study>/SEG.nii.gz``, case id ``<patient>_<study>``) or an MSD folder
-(``[Task01_BrainTumour/]labelsTr/BRATS_XXX.nii.gz``, case id ``BRATS_XXX``): any registered task's layout
-(``TaskSpec.ground_truth`` in ``mirror_unet_hf.tasks``).
+(``[FDG-PET-CT-Lesions/]<patient>/<study>/SEG.nii.gz``, case id ``<patient>_<study>``), an MSD folder
+(``[Task01_BrainTumour/]labelsTr/BRATS_XXX.nii.gz``, case id ``BRATS_XXX``) or an autoPET III/IV folder
+(``labelsTr/<case>.nii.gz``): any registered task's layout (``TaskSpec.ground_truth`` in ``mirror_unet_hf.tasks``).
+Where the task sorts studies into groups (``TaskSpec.case_group``: autoPET's tracers), the table has a
+``mean <group>`` row per group after the overall mean.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from tqdm import tqdm
 from .data.nifti_io import load_nifti, read_array, require_3d
 from .errors import UserInputError
 from .files import atomic_write_text, json_text, nifti_stem
-from .tasks import get_task, list_tasks, task_names
+from .tasks import detection_order, get_task, task_names
 
 # Largest allowed difference between prediction and ground-truth affines (mm): float32 headers round
 # world positions of ~1 m to ~1e-4 mm, while a real grid mismatch moves them by a fraction of a voxel.
@@ -63,19 +65,21 @@ def find_predictions(pred_dir: str | Path) -> dict[str, Path]:
     return flat_niftis(_existing_dir(pred_dir, "--pred"))
 
 
-def find_ground_truth(gt_dir: str | Path) -> dict[str, Path]:
-    """``case_id -> path`` of the ground-truth masks: the first registered task whose layout the folder
-    holds (``TaskSpec.ground_truth``), else a flat folder of ``<case_id>.nii.gz``."""
+def find_ground_truth(gt_dir: str | Path, task: str | None = None) -> dict[str, Path]:
+    """``case_id -> path`` of the ground-truth masks: the first task whose layout the folder holds
+    (``TaskSpec.ground_truth``; ``task`` asked first, then ``detection_order``), else a flat folder of
+    ``<case_id>.nii.gz``."""
     root = _existing_dir(gt_dir, "--gt")
-    for task in list_tasks():
-        found = task.ground_truth(root)
+    first = (get_task(task),) if task is not None else ()
+    for candidate in (*first, *detection_order()):
+        found = candidate.ground_truth(root)
         if found is not None:
             return found
     found = flat_niftis(root)
     if not found:
         raise UserInputError(
             f"--gt {root} holds no ground truth; expected <case_id>.nii.gz files, an AutoPET folder "
-            "(<patient>/<study>/SEG.nii.gz) or an MSD folder (labelsTr/)"
+            "(<patient>/<study>/SEG.nii.gz) or an MSD / nnU-Net folder (labelsTr/)"
         )
     return found
 
@@ -157,6 +161,8 @@ class EvaluationReport:
     mean: dict
     missing: list[str] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
+    group_means: list[dict] = field(default_factory=list)
+    """One ``mean <group>`` row per group of studies (``TaskSpec.case_group``: ``mean fdg``, ``mean psma``)."""
     unmatched_predictions: list[str] = field(default_factory=list)
     tracebacks: dict[str, str] = field(default_factory=dict)
     """case_id -> traceback of an internal error met with ``skip_bad`` (a bug to report, not a bad file)."""
@@ -171,7 +177,7 @@ class EvaluationReport:
         return 1 if self.missing or self.failures else 0
 
     def table(self) -> list[dict]:
-        return [*self.rows, self.mean]
+        return [*self.rows, self.mean, *self.group_means]
 
 
 def _row(case_id: str, task: str, status: str, message: str = "", metrics: dict | None = None) -> dict:
@@ -180,8 +186,8 @@ def _row(case_id: str, task: str, status: str, message: str = "", metrics: dict 
     return {"case_id": case_id, "status": status, **values, "message": message}
 
 
-def mean_row(rows: Sequence[dict], task: str) -> dict:
-    """Mean of each metric over the scored studies where it is defined.
+def mean_row(rows: Sequence[dict], task: str, name: str = "mean") -> dict:
+    """Mean of each metric over the scored studies where it is defined (the row's ``case_id`` is ``name``).
 
     For AutoPET this is the challenge's aggregation: Dice and FNV over studies with lesions (they are
     None elsewhere), FPV over all scored studies. For BrainTumour, HD95 skips its undefined (None) values.
@@ -191,7 +197,17 @@ def mean_row(rows: Sequence[dict], task: str) -> dict:
     for column in get_task(task).metric_columns:
         values = [row[column] for row in scored if row[column] is not None]
         means[column] = float(np.mean(values)) if values else None
-    return _row("mean", task, f"mean of {len(scored)} scored", get_task(task).mean_note(scored), means)
+    return _row(name, task, f"mean of {len(scored)} scored", get_task(task).mean_note(scored), means)
+
+
+def group_mean_rows(rows: Sequence[dict], task: str) -> list[dict]:
+    """A ``mean <group>`` row (``mean_row`` of that group's studies) for every group the task puts a study of
+    ``rows`` in (``TaskSpec.case_group``), in sorted order; none when the task has no groups."""
+    group_of = {row["case_id"]: get_task(task).case_group(row["case_id"]) for row in rows}
+    groups = sorted({group for group in group_of.values() if group is not None})
+    return [
+        mean_row([row for row in rows if group_of[row["case_id"]] == group], task, f"mean {group}") for group in groups
+    ]
 
 
 def evaluate_folders(
@@ -201,7 +217,7 @@ def evaluate_folders(
 
     Args:
         pred_dir: flat folder of ``<case_id>.nii.gz`` predictions.
-        gt_dir: ground truth (flat, AutoPET or MSD layout; see the module docstring).
+        gt_dir: ground truth (flat, AutoPET, MSD or autoPET III layout; see the module docstring).
         task: a task name (``"autopet"``: Dice, FPV, FNV; ``"brain_tumour"``: Dice and HD95 per WT/TC/ET).
         skip_bad: record an unreadable or mismatched study as an ``error`` row and go on; without it the
             first such study raises ``UserInputError``. An unexpected exception (a bug) in one study is
@@ -213,7 +229,7 @@ def evaluate_folders(
     """
     if task not in task_names():
         raise UserInputError(f"--task {task!r} is unknown; expected one of: {', '.join(task_names())}")
-    ground_truth = find_ground_truth(gt_dir)
+    ground_truth = find_ground_truth(gt_dir, task)
     predictions = find_predictions(pred_dir)
     rows, missing, failures, tracebacks = [], [], [], {}
     for case_id in tqdm(sorted(ground_truth), desc="evaluate", unit="study", disable=not progress):
@@ -244,6 +260,7 @@ def evaluate_folders(
         mean=mean_row(rows, task),
         missing=missing,
         failures=failures,
+        group_means=group_mean_rows(rows, task),
         unmatched_predictions=sorted(set(predictions) - set(ground_truth)),
         tracebacks=tracebacks,
     )
@@ -306,6 +323,7 @@ def write_report(
             "task": report.task,
             "studies": report.rows,
             "mean": report.mean,
+            "group_means": report.group_means,
             "missing_predictions": report.missing,
             "failures": [{"case_id": case_id, "message": message} for case_id, message in report.failures],
             "unmatched_predictions": report.unmatched_predictions,

@@ -58,14 +58,18 @@ def load_model(model: str | Path, device: str = "cpu"):
     return loaded.to(device).eval()
 
 
-def study_inputs(study: str | Path, modalities: list[str]) -> dict[str, NiftiSource]:
+def study_inputs(study: str | Path | Mapping[str, str | Path], modalities: list[str]) -> dict[str, NiftiSource]:
     """The modality files of one study, from the dataset layouts.
 
     - an AutoPET study folder: `CTres.nii.gz` → ct, `SUV.nii.gz` → pet;
     - an MSD BrainTumour 4D image `BRATS_XXX.nii.gz` (channel last: FLAIR, T1w, T1Gd, T2w), split into
       the named channels the model needs;
-    - any folder holding `<modality>.nii.gz` for each modality.
+    - any folder holding `<modality>.nii.gz` for each modality;
+    - a `{modality: file}` mapping (what `TaskSpec.prediction_input` gives for layouts such as nnU-Net's
+      `imagesTr/<case>_0000.nii.gz`), of which the model's modalities are taken.
     """
+    if isinstance(study, Mapping):
+        return mapped_inputs(study, modalities)
     study = Path(study)
     if study.is_file() and study.name.endswith(NIFTI_SUFFIXES):
         image = load_nifti(study)
@@ -86,6 +90,22 @@ def study_inputs(study: str | Path, modalities: list[str]) -> dict[str, NiftiSou
                 f"study {study}: no file for modality {name!r}; looked for {', '.join(c.name for c in candidates)}"
             )
         inputs[name] = found
+    return inputs
+
+
+def mapped_inputs(files: Mapping[str, str | Path], modalities: list[str]) -> dict[str, Path]:
+    """The files of ``modalities`` from a ``{modality: file}`` mapping; a missing one is a ``UserInputError``."""
+    inputs = {}
+    for name in modalities:
+        if name not in files:
+            raise UserInputError(
+                f"study files {', '.join(str(p) for p in files.values())}: none for modality {name!r}; "
+                f"the model reads {', '.join(modalities)}"
+            )
+        path = Path(files[name])
+        if not path.is_file():
+            raise UserInputError(f"file {path} (modality {name!r}) does not exist")
+        inputs[name] = path
     return inputs
 
 

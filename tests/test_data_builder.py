@@ -167,6 +167,14 @@ def test_folds_are_deterministic_and_independent_of_input_order():
     assert [shuffled[list(order).index(i)] for i in range(len(patients))] == folds
 
 
+def test_autopet_fold_assignment_is_pinned():
+    # computed before the splits were generalised to any stratum (autoPET III's tracers): must not change
+    expected = "43311334400031114001011433313222311340012444200321104330222002224441222002231443"
+    patients, diagnoses = _cohort()
+    assert "".join(map(str, assign_folds(patients, diagnoses, 5))) == expected
+    assert "".join(map(str, assign_folds(patients, diagnoses, 5, order=DIAGNOSIS_NAMES))) == expected
+
+
 def test_folds_are_stratified_by_diagnosis():
     patients, diagnoses = _cohort()
     folds = assign_folds(patients, diagnoses, 5)

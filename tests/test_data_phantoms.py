@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import gzip
+import hashlib
 import json
 
 import nibabel as nib
@@ -38,6 +40,35 @@ def test_fewer_studies_are_a_prefix_of_more(tmp_path):
     two = _files(make_phantoms("autopet", tmp_path / "a", n=1, seed=3, shape=SMALL))
     four = _files(make_phantoms("autopet", tmp_path / "b", n=4, seed=3, shape=SMALL))
     assert all(four[name] == content for name, content in two.items())
+
+
+# Digests of the uncompressed files of two FDG phantom sets, computed before the renderer was split into
+# tracer-independent pieces (autoPET III/IV PSMA phantoms): AutoPET phantoms must stay byte-identical.
+FDG_PHANTOM_DIGESTS = {
+    (
+        8,
+        3,
+        (32, 32, 24),
+    ): "a89f7f6ed393c33aae9ac8bc94f18f6b1602c3ee823dc4f40828d8df9ecdfc58",  # every diagnosis, a follow-up
+    (2, 0, None): "e7b462037e412475901fb8188986afe8ea997bf077ae34b823ef8ce21ea3a1e1",  # default 96 x 96 x 80
+}
+
+
+def _digest(out_dir) -> str:
+    """SHA-256 over every file's relative path and uncompressed bytes (independent of the zlib build)."""
+    digest = hashlib.sha256()
+    for path in sorted(out_dir.rglob("*")):
+        if path.is_file():
+            data = path.read_bytes()
+            data = gzip.decompress(data) if path.name.endswith(".gz") else data
+            digest.update(str(path.relative_to(out_dir)).encode() + b"\0" + hashlib.sha256(data).digest())
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize(("n", "seed", "shape"), list(FDG_PHANTOM_DIGESTS))
+def test_autopet_fdg_phantoms_are_byte_identical_to_before_the_psma_phantoms(tmp_path, n, seed, shape):
+    make_phantoms("autopet", tmp_path, n, seed, shape=shape)
+    assert _digest(tmp_path) == FDG_PHANTOM_DIGESTS[(n, seed, shape)]
 
 
 def test_autopet_layout_metadata_and_patient_structure(tmp_path):

@@ -219,8 +219,10 @@ def test_a_new_task_is_found_by_predict_input_dir_and_selects_checkpoints(toy_ta
 def test_phantom_layouts_are_the_tasks_with_a_writer(toy_task, tmp_path):
     from mirror_unet_hf.data.phantoms import phantom_layouts
 
-    assert phantom_layouts() == ("autopet", "brain_tumour")  # the toy task has none
-    with pytest.raises(UserInputError, match="unknown phantom layout 'toy_scans'; expected autopet or brain_tumour"):
+    assert phantom_layouts() == ("autopet", "brain_tumour", "autopet3")  # the toy task has none
+    with pytest.raises(
+        UserInputError, match="unknown phantom layout 'toy_scans'; expected autopet or brain_tumour or autopet3"
+    ):
         make_phantoms("toy_scans", tmp_path, 1, 0)
 
 

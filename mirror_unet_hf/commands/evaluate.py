@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--gt",
         required=True,
         help="ground truth: flat folder of <case_id>.nii.gz, an AutoPET folder (<patient>/<study>/SEG.nii.gz, "
-        "case id <patient>_<study>) or an MSD folder (labelsTr/BRATS_XXX.nii.gz)",
+        "case id <patient>_<study>), an MSD folder (labelsTr/BRATS_XXX.nii.gz) or an autoPET III/IV folder "
+        "(labelsTr/<case>.nii.gz; FDG and PSMA studies get their own mean rows)",
     )
     parser.add_argument(
         "--task", required=True, choices=task_names(), help="metric set: a task name (autopet, brain_tumour, ...)"
@@ -44,15 +45,17 @@ def _format(value: float | None) -> str:
 
 
 def format_summary(report: EvaluationReport) -> str:
-    """A few lines for the terminal: study counts, then the mean of each metric."""
+    """A few lines for the terminal: study counts, then the mean of each metric (and of each group of studies,
+    e.g. FDG and PSMA, where the task has groups)."""
     scored = len(report.rows) - len(report.missing) - len(report.failures)
     lines = [
         f"{report.task}: {len(report.rows)} studies, {scored} scored, "
         f"{len(report.missing)} missing prediction(s), {len(report.failures)} failed",
-        f"{'metric':<26}{'mean':>12}",
+        f"{'metric':<26}{'mean':>12}" + "".join(f"{row['case_id']:>12}" for row in report.group_means),
     ]
     for column in report.columns[2:-1]:
-        lines.append(f"{column:<26}{_format(report.mean[column]):>12}")
+        groups = "".join(f"{_format(row[column]):>12}" for row in report.group_means)
+        lines.append(f"{column:<26}{_format(report.mean[column]):>12}{groups}")
     if report.unmatched_predictions:
         lines.append(f"predictions without ground truth (ignored): {', '.join(report.unmatched_predictions)}")
     return "\n".join(lines)

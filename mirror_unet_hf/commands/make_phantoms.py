@@ -16,13 +16,15 @@ from pathlib import Path
 from ..data.phantoms import make_phantoms, phantom_layouts
 from ..errors import UserInputError
 
-HELP = "Write synthetic PET/CT (AutoPET layout) or brain MRI (MSD Task01 layout) studies for tests and demos."
+HELP = "Write synthetic PET/CT (AutoPET, autoPET III/IV layouts) or brain MRI (MSD Task01) studies for tests and demos."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layout", required=True, choices=phantom_layouts(), help="which dataset layout to write")
     parser.add_argument(
-        "--out", required=True, help="output folder; FDG-PET-CT-Lesions/ or Task01_BrainTumour/ is created in it"
+        "--out",
+        required=True,
+        help="output folder; the dataset folder (FDG-PET-CT-Lesions/, Task01_BrainTumour/, ...) is created in it",
     )
     parser.add_argument("--n", type=int, default=8, help="number of studies (default 8)")
     parser.add_argument(
@@ -34,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs=3,
         default=None,
         metavar=("X", "Y", "Z"),
-        help="voxels per axis (default 96 96 80 for autopet at 2x2x3 mm, 64 80 64 for brain_tumour at 2 mm)",
+        help="voxels per axis (default 96 96 80 for autopet and autopet3 at 2x2x3 mm, 64 80 64 for brain_tumour at 2 mm)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing phantom dataset in --out")
 

@@ -24,7 +24,9 @@ def add_arguments(parser) -> None:
         help="one modality file, named as in the model config (repeat: --input ct=CTres.nii.gz --input pet=SUV.nii.gz)",
     )
     source.add_argument("--study", help="an AutoPET study folder (CTres/SUV.nii.gz) or an MSD 4D image")
-    source.add_argument("--input-dir", help="a dataset folder (AutoPET or MSD layout, or study folders): every study")
+    source.add_argument(
+        "--input-dir", help="a dataset folder (AutoPET, MSD or autoPET III/IV nnU-Net layout): every study"
+    )
     output = parser.add_argument_group("output")
     output.add_argument("--out", help="mask file for --input/--study (.nii.gz)")
     output.add_argument(
@@ -116,9 +118,10 @@ def _exists(path: Path) -> bool:
         return False
 
 
-def dataset_studies(folder: Path) -> dict[str, Path]:
-    """case_id → study (AutoPET study folder or MSD 4D image) for a dataset folder, with the same case
-    ids as the dataset builder (so `evaluate` matches predictions to ground truth)."""
+def dataset_studies(folder: Path) -> dict[str, Path | dict[str, Path]]:
+    """case_id → study for a dataset folder: what its task's ``prediction_input`` gives (an AutoPET study
+    folder, an MSD 4D image, or a ``{modality: file}`` mapping for nnU-Net's ``imagesTr/``), with the same
+    case ids as the dataset builder (so `evaluate` matches predictions to ground truth)."""
     from ..data.builder import discover_studies
     from ..tasks import detect_task
 
@@ -130,8 +133,8 @@ def dataset_studies(folder: Path) -> dict[str, Path]:
         studies = discover_studies(task.name, root)
         return {s.case_id: task.prediction_input(s) for s in studies if not s.problem}
     raise UserInputError(
-        f"--input-dir {folder}: no studies found; expected an AutoPET tree (<patient>/<study>/SUV.nii.gz) or an "
-        "MSD folder (dataset.json, imagesTr/)"
+        f"--input-dir {folder}: no studies found; expected an AutoPET tree (<patient>/<study>/SUV.nii.gz), an "
+        "MSD folder (dataset.json, imagesTr/) or an autoPET III/IV folder (imagesTr/<case>_0000.nii.gz)"
     )
 
 
@@ -252,7 +255,7 @@ def _predict_dataset(args, model, settings, branches: Path | None) -> int:
     return 1 if failures else 0
 
 
-def _dataset_to_predict(args, out_dir: Path, branches: Path | None) -> dict[str, Path]:
+def _dataset_to_predict(args, out_dir: Path, branches: Path | None) -> dict[str, Path | dict[str, Path]]:
     """The studies of --input-dir, once --out-dir (created here) and --save-branches hold none of their outputs."""
     if not out_dir.parent.is_dir():
         raise UserInputError(f"--out-dir {out_dir}: folder {out_dir.parent} does not exist")
@@ -269,7 +272,7 @@ def _dataset_to_predict(args, out_dir: Path, branches: Path | None) -> dict[str,
 
 
 def _predict_studies(
-    args, model, settings, studies: dict[str, Path], out_dir: Path, branches: Path | None
+    args, model, settings, studies: dict[str, Path | dict[str, Path]], out_dir: Path, branches: Path | None
 ) -> list[tuple[str, str]]:
     """Predict and write every study; returns (case id, one-line reason) per study that failed under --skip-bad."""
     from tqdm.auto import tqdm

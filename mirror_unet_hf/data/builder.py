@@ -6,8 +6,8 @@ The on-disk layouts, case ids and study readers are the tasks' (``mirror_unet_hf
 
 The builder writes ONE split, ``"studies"``: every study with its NIfTI bytes embedded (``datasets.Nifti``
 columns decode without the raw folder). ``load_mirror_dataset`` cuts it into ``train``/``validation``
-with the patient-grouped, stratified (AutoPET: by diagnosis) k-fold rule of ``mirror_unet_hf.data.splits``, so every
-fold reuses one cache. The cache id includes a fingerprint of the raw files' names, sizes and
+with the patient-grouped, stratified (AutoPET: by diagnosis, autoPET III: by tracer) k-fold rule of
+``mirror_unet_hf.data.splits``, or the dataset's own folds (``TaskSpec.fixed_split``), so every fold reuses one cache. The cache id includes a fingerprint of the raw files' names, sizes and
 modification times: editing, adding or removing a study rebuilds, a second identical call reads nothing.
 """
 
@@ -196,6 +196,20 @@ def _skipped_message(failures: list[str], total: int) -> str:
     return f"skipped {len(failures)} of {total} studies (skip_bad=True):\n" + "\n".join(f"  - {f}" for f in failures)
 
 
+def fold_indices(
+    task: TaskSpec, table: datasets.Dataset, fixed: tuple[list[str], list[str]] | None, fold: int, num_folds: int
+) -> tuple[list[int], list[int]]:
+    """``(train, validation)`` row indices of ``table`` for ``fold``: the dataset's own folds (``fixed``, from
+    ``TaskSpec.fixed_split``) where it ships them, else patient-grouped folds stratified by ``stratify_column``."""
+    if fixed is not None:
+        row_of = {case: index for index, case in enumerate(table["case_id"])}
+        # studies left out as unreadable (skip_bad) are not in the table
+        return [row_of[c] for c in fixed[0] if c in row_of], [row_of[c] for c in fixed[1] if c in row_of]
+    column = task.stratify_column
+    strata = list(table[column]) if column and column in table.column_names else None
+    return split_indices(list(table["patient_id"]), strata, fold, num_folds, task.stratum_values)
+
+
 def load_mirror_dataset(
     name: str,
     data_dir: str | os.PathLike,
@@ -211,18 +225,23 @@ def load_mirror_dataset(
         name: a task name (``mirror_unet_hf.tasks.task_names()``: ``"autopet"``, ``"brain_tumour"``).
         data_dir: the dataset folder (``FDG-PET-CT-Lesions`` / ``Task01_BrainTumour``) or its parent, or the id
             of a Hub dataset repo published with ``mirror-unet push --dataset`` (downloaded into the cache).
-        fold, num_folds: which of the ``num_folds`` patient-grouped folds is the validation set.
+        fold, num_folds: which of the ``num_folds`` patient-grouped folds is the validation set. A dataset that
+            ships its folds (autoPET III's ``splits_final.json``) uses them exactly; ``num_folds`` must then
+            equal their number.
         cache_dir: datasets cache folder (default: the datasets library's own).
         skip_bad: skip unreadable studies with a warning listing each and why, instead of failing on the first.
         revision: branch, tag or commit of a Hub dataset repo (ignored for a local folder).
 
-    Rows: ``case_id``, ``patient_id``, ``diagnosis`` (AutoPET), one ``datasets.Nifti`` column per modality,
+    Rows: ``case_id``, ``patient_id``, the task's ``record_columns`` (AutoPET: ``diagnosis``, autoPET III:
+    ``tracer``), one ``datasets.Nifti`` column per modality,
     ``label`` (Nifti), ``spacing`` (3 floats, mm) and ``shape`` (3 ints) of the reference grid.
     """
     name = dataset_name(name)
     check_fold(fold, num_folds)
     root = find_dataset_root(name, resolve_data_dir(data_dir, revision))
     studies = discover_studies(name, root)
+    # the dataset's own folds, checked before the (long) build
+    fixed = get_task(name).fixed_split(root, [study.case_id for study in studies], fold, num_folds, skip_bad)
     builder = MirrorDatasetBuilder(
         dataset_name="mirror_unet",
         config_name=name,
@@ -243,13 +262,15 @@ def load_mirror_dataset(
             _skipped_message([s.removeprefix("- ") for s in skipped], len(studies)), UserWarning, stacklevel=2
         )
     table = builder.as_dataset(split=STUDIES_SPLIT)
-    column = get_task(name).stratify_column
-    strata = list(table[column]) if column and column in table.column_names else None
-    train, validation = split_indices(list(table["patient_id"]), strata, fold, num_folds)
+    train, validation = fold_indices(get_task(name), table, fixed, fold, num_folds)
     if not train or not validation:
+        cause = (
+            "the dataset's own folds leave"
+            if fixed
+            else f"{len(set(table['patient_id']))} patient(s) for {num_folds} folds leaves"
+        )
         warnings.warn(
-            f"{name}: {len(set(table['patient_id']))} patient(s) for {num_folds} folds leaves the "
-            f"{'training' if not train else 'validation'} split of fold {fold} empty",
+            f"{name}: {cause} the {'training' if not train else 'validation'} split of fold {fold} empty",
             UserWarning,
             stacklevel=2,
         )

@@ -12,6 +12,8 @@ AUTOPET_LABEL_FILE = "SEG.nii.gz"
 AUTOPET_FOLDER = "FDG-PET-CT-Lesions"
 AUTOPET_METADATA_CSV = "Clinical Metadata FDG PET_CT Lesions.csv"
 AUTOPET_LABEL_NAMES = ("background", "lesion")
+# autoPET III/IV: the tracer is the case id's prefix (fdg_3c6e4f2a1b_05-02-2002, psma_95b833d46f153cd2_2018-04-16)
+AUTOPET_TRACERS = ("fdg", "psma")
 
 # MSD Task01: one 4D channel-last image per case, channels 0..3 in this order (dataset.json "modality").
 BRAIN_TUMOUR_MODALITIES = ("flair", "t1w", "t1gd", "t2w")

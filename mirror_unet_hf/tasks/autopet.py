@@ -24,6 +24,8 @@ from ..data.constants import (
     AUTOPET_LABEL_NAMES,
     AUTOPET_METADATA_CSV,
     AUTOPET_MODALITIES,
+    AUTOPET_TRACERS,
+    DIAGNOSIS_NAMES,
     UNKNOWN_DIAGNOSIS,
     diagnosis_from_metadata,
 )
@@ -48,6 +50,12 @@ from .registry import register_task
 def case_id(patient: str, study: str) -> str:
     """The AutoPET case id of a study folder: ``<patient>_<study>`` (predictions are named after it)."""
     return f"{patient}_{study}"
+
+
+def case_tracer(case_id: str) -> str | None:
+    """The tracer an autoPET III/IV case id starts with (``"fdg"`` of ``fdg_3c6e4f2a1b_05-02-2002``), or None."""
+    prefix = case_id.split("_", 1)[0]
+    return prefix if prefix in AUTOPET_TRACERS and "_" in case_id else None
 
 
 def _subfolders(folder: Path) -> list[Path]:
@@ -109,6 +117,7 @@ class AutoPETTask(TaskSpec):
     label_names = AUTOPET_LABEL_NAMES
     record_columns = ("diagnosis",)
     stratify_column = "diagnosis"
+    stratum_values = DIAGNOSIS_NAMES
     domain, domain_tag = "PET/CT", "pet-ct"
     segmentation_name = "3D lesion segmentation"
     metric_labels = {
@@ -261,6 +270,10 @@ class AutoPETTask(TaskSpec):
     def mean_note(self, scored: Sequence[dict]) -> str:
         with_lesions = sum(row["dice"] is not None for row in scored)
         return f"dice, fnv_ml over the {with_lesions} with lesions"
+
+    def case_group(self, case_id: str) -> str | None:
+        # FDG and PSMA are reported apart when the case ids carry the autoPET III/IV tracer prefix
+        return case_tracer(case_id)
 
     # ------------------------------------------------------------------------------ phantoms
 

@@ -48,6 +48,11 @@ class TaskSpec:
     label_names: ClassVar[tuple[str, ...]]  # label map: value i is label_names[i]
     record_columns: ClassVar[tuple[str, ...]] = ()  # extra string columns of a dataset row (e.g. "diagnosis")
     stratify_column: ClassVar[str | None] = None  # the column folds are stratified by
+    # the known values of `stratify_column`, in the order folds are filled; any other value counts as unknown
+    stratum_values: ClassVar[tuple[str, ...]] = ()
+    # ask this task before the others when guessing a folder's layout (`detect_task`, `evaluate --gt`): set it
+    # when the layout is a special case of another task's (nnU-Net's imagesTr/ + dataset.json is also MSD's)
+    detect_first: ClassVar[bool] = False
     # model card: the imaging domain ("PET/CT", tag "pet-ct"), what the model does, how metrics are named
     domain: ClassVar[str] = "multimodal"
     domain_tag: ClassVar[str | None] = None
@@ -82,12 +87,24 @@ class TaskSpec:
         """Non-image files a build reads (they enter the cache fingerprint)."""
         return []
 
-    def prediction_input(self, study: StudyFiles) -> Path:
-        """What `mirror-unet predict --study` takes for a discovered study (a study folder or a file)."""
+    def prediction_input(self, study: StudyFiles) -> Path | dict[str, Path]:
+        """The inputs `mirror-unet predict --input-dir` reads for a discovered study: what `--study` takes (a
+        study folder or a multi-channel file), or a ``{modality: file}`` mapping when the layout keeps a
+        study's images among other studies' (nnU-Net's ``imagesTr/<case>_0000.nii.gz``)."""
         raise NotImplementedError
 
     def ground_truth(self, folder: Path) -> dict[str, Path] | None:
         """``case_id -> mask`` for `evaluate --gt` when ``folder`` holds this layout, else None."""
+        return None
+
+    def fixed_split(
+        self, root: Path, case_ids: Sequence[str], fold: int, num_folds: int, skip_bad: bool = False
+    ) -> tuple[list[str], list[str]] | None:
+        """``(train, validation)`` case ids of ``fold`` when the dataset ships its own folds (nnU-Net's
+        ``splits_final.json``), else None and the builder makes patient-grouped, stratified folds.
+
+        ``case_ids`` are the studies found on disk; a split naming others is an error (``UserInputError``
+        naming the case and the file) unless ``skip_bad``, which lists and leaves them out."""
         return None
 
     # ------------------------------------------------------------------------------ study inputs
@@ -128,6 +145,11 @@ class TaskSpec:
     def mean_note(self, scored: Sequence[dict]) -> str:
         """What the mean row of `evaluate` says about how it averaged."""
         return ""
+
+    def case_group(self, case_id: str) -> str | None:
+        """The group a study belongs to for `evaluate`'s extra ``mean <group>`` rows (autoPET III: its tracer,
+        ``"fdg"`` or ``"psma"``), or None when it belongs to none."""
+        return None
 
     # ------------------------------------------------------------------------------ Hub dataset repos
 

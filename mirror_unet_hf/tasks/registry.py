@@ -53,9 +53,16 @@ def task_for_modalities(modalities: Iterable[str]) -> TaskSpec | None:
     return next((task for task in _TASKS.values() if wanted <= set(task.modalities)), None)
 
 
+def detection_order() -> tuple[TaskSpec, ...]:
+    """The registered tasks in the order a folder's layout is guessed: ``detect_first`` tasks, then the rest,
+    each in registration order."""
+    return tuple(sorted(_TASKS.values(), key=lambda task: not task.detect_first))
+
+
 def detect_task(data_dir: Path) -> tuple[TaskSpec, Path] | None:
-    """The first task whose layout ``data_dir`` holds, with its dataset folder; None when none does."""
-    for task in _TASKS.values():
+    """The first task (in ``detection_order``) whose layout ``data_dir`` holds, with its dataset folder; None
+    when none does."""
+    for task in detection_order():
         root = task.find_root(Path(data_dir))
         if root is not None:
             return task, root

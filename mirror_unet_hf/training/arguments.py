@@ -34,11 +34,11 @@ class TrainingArguments:
         },
     )
     dataset: str = field(
-        default="autopet", metadata={"help": "autopet or brain_tumour (a task name: mirror_unet_hf.tasks)"}
+        default="autopet", metadata={"help": f"a task name (mirror_unet_hf.tasks): {', '.join(task_names())}"}
     )
     data_dir: str | None = field(
         default=None,
-        metadata={"help": "dataset folder (AutoPET / MSD layout); empty = generate phantoms into --phantom_dir"},
+        metadata={"help": "dataset folder (in the task's layout); empty = generate phantoms into --phantom_dir"},
     )
     phantom_dir: str | None = field(
         default=None,

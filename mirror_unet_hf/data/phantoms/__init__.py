@@ -3,7 +3,8 @@
 ``make_phantoms(layout, out_dir, n, seed, shape=None)`` writes ``n`` studies that go through the same
 builder as the real data; ``layout`` is a task name (``mirror_unet_hf.tasks``) whose task has a phantom
 writer (``autopet``: FDG PET/CT, see ``phantoms/autopet.py``; ``brain_tumour``: MSD MRI, see
-``phantoms/brain_tumour.py``). Same seed -> byte-identical files; studies are drawn from per-patient seeds,
+``phantoms/brain_tumour.py``; ``autopet3``: FDG and PSMA PET/CT in nnU-Net's layout, see ``phantoms/autopet3.py``
+and ``phantoms/psma.py``). Same seed -> byte-identical files; studies are drawn from per-patient seeds,
 so the first studies of ``n=4`` equal those of ``n=8``. The dataset folder is built next to its
 destination and renamed into place (nothing half-written is ever visible).
 """
@@ -55,7 +56,9 @@ def make_phantoms(
 
     ``layout``: ``"autopet"`` -> ``out_dir/FDG-PET-CT-Lesions/<patient>/<study>/{CTres,SUV,SEG}.nii.gz`` plus
     ``out_dir/Clinical Metadata FDG PET_CT Lesions.csv``; ``"brain_tumour"`` ->
-    ``out_dir/Task01_BrainTumour/{dataset.json, imagesTr/BRATS_XXX.nii.gz, labelsTr/BRATS_XXX.nii.gz}``.
+    ``out_dir/Task01_BrainTumour/{dataset.json, imagesTr/BRATS_XXX.nii.gz, labelsTr/BRATS_XXX.nii.gz}``;
+    ``"autopet3"`` -> ``out_dir/PSMA-FDG-PET-CT-Lesions/{imagesTr/<case>_000[01].nii.gz, labelsTr/<case>.nii.gz,
+    dataset.json, splits_final.json}``.
     ``shape``: voxels per axis (default 96x96x80 / 64x80x64); anatomy scales with the field of view.
     Refuses to overwrite an existing dataset folder.
     """

@@ -12,6 +12,11 @@ nodal lesions; about half the studies negative. Lesion SUV 3-18 (some subtle, 3-
 6-32 mm, PET blurred to 6-7 mm FWHM with signal-dependent correlated noise. Every third patient has a
 follow-up study (same anatomy, moved on the table, lesions evolved) to exercise patient grouping.
 A ``Clinical Metadata FDG PET_CT Lesions.csv`` next to ``FDG-PET-CT-Lesions`` gives the diagnoses.
+
+The pieces are public so other tracers reuse the body: ``draw_anatomy`` (geometry and uptake of a patient),
+``body_parts`` / ``study_regions`` (organ masks), ``render_study(rng, anatomy, lesions, uptake, extra_regions)``
+(CT, PET, mask) with a tracer's ``uptake`` (``fdg_uptake`` here, PSMA's in ``phantoms/psma.py``), and the lesion
+helpers ``site_point``, ``make_lesion``, ``NODE_STATIONS`` and ``follow_up_lesions``.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from __future__ import annotations
 import csv
 import datetime
 import io
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +59,7 @@ class _Study:
     sex: str
 
 
-def _autopet_plan(n: int, seed: int) -> list[tuple[int, int]]:
+def study_plan(n: int, seed: int) -> list[tuple[int, int]]:
     """(patient index, study index within the patient) for ``n`` studies; every third patient has two."""
     plan, patient = [], 0
     while len(plan) < n:
@@ -62,21 +69,22 @@ def _autopet_plan(n: int, seed: int) -> list[tuple[int, int]]:
     return plan
 
 
-def _patient_diagnosis(seed: int, patient: int) -> str:
+def patient_diagnosis(seed: int, patient: int) -> str:
+    """The diagnosis of patient number ``patient``: each block of six patients is a shuffle of ``_DIAGNOSIS_BLOCK``."""
     block = np.random.default_rng([seed, 10_000 + patient // len(_DIAGNOSIS_BLOCK)]).permutation(len(_DIAGNOSIS_BLOCK))
     return _DIAGNOSIS_BLOCK[block[patient % len(_DIAGNOSIS_BLOCK)]]
 
 
 def _write_autopet(root: Path, n: int, seed: int, shape: tuple[int, int, int]) -> list[_Study]:
     rows = []
-    plan = _autopet_plan(n, seed)
+    plan = study_plan(n, seed)
     current = None
     for patient, study_index in plan:
         if current is None or current[0] != patient:
             rng = np.random.default_rng([seed, patient, 0])
-            diagnosis = _patient_diagnosis(seed, patient)
-            anatomy = _draw_anatomy(rng, shape)
-            lesions = _draw_lesions(rng, diagnosis, anatomy) if diagnosis != "negative" else []
+            diagnosis = patient_diagnosis(seed, patient)
+            anatomy = draw_anatomy(rng, shape)
+            lesions = draw_lesions(rng, diagnosis, anatomy) if diagnosis != "negative" else []
             identity = {
                 "patient": "PETCT_" + rng.bytes(5).hex(),
                 "age": int(rng.integers(22, 85)),
@@ -87,10 +95,10 @@ def _write_autopet(root: Path, n: int, seed: int, shape: tuple[int, int, int]) -
         _, diagnosis, anatomy, lesions, identity = current
         rng = np.random.default_rng([seed, patient, 1 + study_index])
         if study_index > 0 and lesions:
-            lesions = _follow_up_lesions(rng, lesions, anatomy, diagnosis)
+            lesions = follow_up_lesions(rng, lesions, anatomy, diagnosis)
         date = identity["first_date"] + datetime.timedelta(days=int(rng.integers(90, 400)) * study_index)
         folder = f"{date:%m-%d-%Y}-NA-PET-CT Ganzkoerper  primaer mit KM-{int(rng.integers(10000, 99999))}"
-        ct, suv, seg, affine = _render_autopet(rng, anatomy, lesions)
+        ct, suv, seg, affine = render_study(rng, anatomy, lesions)
         study_dir = root / identity["patient"] / folder
         for array, filename in ((ct, AUTOPET_FILES["ct"]), (suv, AUTOPET_FILES["pet"]), (seg, AUTOPET_LABEL_FILE)):
             atomic_write_bytes(study_dir / filename, encode_nifti(phantom_nifti(array, affine), compresslevel=6))
@@ -132,7 +140,7 @@ def _metadata_csv(rows: list[_Study]) -> bytes:
     return buffer.getvalue().encode()
 
 
-def _draw_anatomy(rng, shape) -> dict:
+def draw_anatomy(rng, shape) -> dict:
     """Per-patient body geometry (mm) and tracer uptake; organ positions are fractions of the trunk size."""
     nx, _, nz = shape
     sx, _, sz = AUTOPET_SPACING
@@ -171,7 +179,7 @@ def _draw_anatomy(rng, shape) -> dict:
     }
 
 
-def _body_parts(space: Space, a: dict) -> dict:
+def body_parts(space: Space, a: dict) -> dict:
     """Boolean masks and distance maps of the anatomy (no randomness beyond the patient's organ seed)."""
     A, B, H = a["A"], a["B"], a["H"]
     X, Y, Z = space.X, space.Y, space.Z
@@ -280,68 +288,122 @@ def _body_parts(space: Space, a: dict) -> dict:
     return organs
 
 
-def _render_autopet(rng, a: dict, lesions: list[dict]):
-    """CT (HU), PET (SUV) and lesion mask for one study, and the LAS affine."""
-    shape = a["shape"]
-    sx, sy, sz = AUTOPET_SPACING
-    shift = (rng.uniform(-4, 4), rng.uniform(-3, 3), rng.uniform(-6, 6))
-    space = Space(shape, AUTOPET_SPACING, shift)
-    o = _body_parts(space, a)
+def study_regions(space: Space, o: dict, a: dict) -> Iterator[tuple[str, np.ndarray]]:
+    """``(name, mask)`` of every tissue the CT and each tracer's PET are painted with, in painting order (later
+    ones win); made one at a time so a full-size phantom holds few masks at once."""
     t, rho = o["t"], o["rho"]
+    abdomen = o["trunk"] & (t > 0.06) & (t < 0.44) & (rho < 0.85)
+    yield "table", o["table"]
+    yield "body", o["body"]
+    yield "fat", o["trunk"] & (rho > 1.0 - a["fat"] * (1.3 - 0.6 * np.abs(t - 0.35)))
+    yield "visceral_fat", abdomen & (o["bowel"] > 0.9 + a["visceral"])
+    yield "bowel_gas", abdomen & (o["bowel"] < -2.0) & (space.Y > 0)
+    yield "bowel_wall", abdomen & (np.abs(o["bowel"] + 0.3) < 0.12)
+    for organ in ("liver", "spleen", "stomach"):
+        yield organ, o[organ]
+    yield "kidney", o["kidney_d"] <= 1
+    yield "renal_pelvis", o["kidney_d"] <= 0.22
+    yield "bladder", o["bladder"]
+    yield "aorta", o["aorta"]
+    yield "lungs", (o["lung_r"] | o["lung_l"]) & o["trunk"]
+    heart = o["heart_d"] <= 1
+    yield "heart", heart
+    yield "myocardium", heart & (o["heart_d"] > 0.45)
+    yield "bone", (o["vertebra_d"] <= 1) | o["ribs"] | o["sternum"] | o["pelvis"] | o["femur"]
+    yield "cortex", ((o["vertebra_d"] > 0.7) & (o["vertebra_d"] <= 1)) | o["ribs"]
+    yield "disc", (o["vertebra_d"] <= 1) & o["disc"]
+    yield "canal", o["canal_d"] <= 1
+    yield "posterior_elements", (o["canal_d"] > 1) & (o["canal_d"] <= 2.6) & (space.Y < 0)
+    yield "skull", (o["head_d"] <= 0.84) & (o["head_d"] > 0.70)
+    brain = o["head_d"] <= 0.70
+    yield "brain", brain
+    yield "ventricles", o["ventricles"] & brain
+    yield "tonsils", o["tonsils"]
+
+
+def paint(volume: np.ndarray, mask: np.ndarray, value) -> None:
+    """Set ``volume`` inside ``mask`` to ``value``: a number, an array broadcast to it, or a function making one."""
+    value = value() if callable(value) else value
+    mask = np.broadcast_to(mask, volume.shape)
+    volume[mask] = value if np.isscalar(value) else np.broadcast_to(value, volume.shape)[mask]
+
+
+def ct_values(o: dict) -> dict[str, object]:
+    """HU of each tissue of ``study_regions``: a number or a function making a textured array."""
+    texture = o["texture"]
+    return {
+        "table": -150.0,
+        "body": lambda: 42.0 + 6 * texture,
+        "fat": lambda: -105.0 + 8 * texture,
+        "visceral_fat": -95.0,
+        "bowel_gas": -950.0,
+        "bowel_wall": 30.0,
+        "liver": lambda: 58.0 + 5 * texture,
+        "spleen": 48.0,
+        "stomach": 25.0,
+        "kidney": 32.0,
+        "renal_pelvis": 12.0,
+        "bladder": 8.0,
+        "aorta": 42.0,
+        "lungs": lambda: -830.0 + 25 * texture + np.maximum(o["vessels"] - 1.6, 0) * 450,
+        "heart": 40.0,
+        "myocardium": 45.0,
+        "bone": lambda: 250.0 + 30 * texture,
+        "cortex": 700.0,
+        "disc": 85.0,
+        "canal": 25.0,
+        "posterior_elements": 550.0,
+        "skull": 880.0,
+        "brain": lambda: 36.0 + 3 * texture,
+        "ventricles": 8.0,
+        "tonsils": 40.0,
+    }
+
+
+def fdg_uptake(rng, o: dict, a: dict) -> dict[str, object]:
+    """FDG's SUV of each tissue (a number or a function making an array); each organ's uptake varies by
+    +-15 % from study to study, drawn in painting order."""
 
     def study_uptake():
-        return rng.uniform(0.85, 1.15)  # day-to-day variation per organ
+        return rng.uniform(0.85, 1.15)
 
-    ct = np.full(shape, -1000.0, dtype=np.float32)
-    pet = np.zeros(shape, dtype=np.float32)
-
-    def paint(mask, hu=None, suv=None):
-        mask = np.broadcast_to(mask, shape)
-        if hu is not None:
-            ct[mask] = hu if np.isscalar(hu) else np.broadcast_to(hu, shape)[mask]
-        if suv is not None:
-            pet[mask] = suv if np.isscalar(suv) else np.broadcast_to(suv, shape)[mask]
-
-    paint(o["table"], -150.0, 0.0)
+    texture = o["texture"]
     muscle = a["suv_muscle"] * study_uptake()
-    paint(o["body"], 42.0 + 6 * o["texture"], muscle * (1 + 0.08 * o["texture"]))
-    fat_ring = o["trunk"] & (rho > 1.0 - a["fat"] * (1.3 - 0.6 * np.abs(t - 0.35)))
-    paint(fat_ring, -105.0 + 8 * o["texture"], 0.3)
-    abdomen = o["trunk"] & (t > 0.06) & (t < 0.44) & (rho < 0.85)
-    paint(abdomen & (o["bowel"] > 0.9 + a["visceral"]), -95.0, 0.35)
-    paint(abdomen & (o["bowel"] < -2.0) & (space.Y > 0), -950.0, 0.0)  # bowel gas
-    paint(abdomen & (np.abs(o["bowel"] + 0.3) < 0.12), 30.0, muscle * 1.6)  # bowel wall uptake
-    paint(o["liver"], 58.0 + 5 * o["texture"], a["suv_liver"] * study_uptake() * (1 + 0.07 * o["texture"]))
-    paint(o["spleen"], 48.0, 0.85 * a["suv_liver"] * study_uptake())
-    paint(o["stomach"], 25.0, a["suv_stomach"] * study_uptake())
-    kidney = o["kidney_d"] <= 1
-    paint(kidney, 32.0, a["suv_kidney"] * study_uptake())
-    paint(o["kidney_d"] <= 0.22, 12.0, a["suv_urine"] * study_uptake())
-    paint(o["bladder"], 8.0, a["suv_bladder"] * study_uptake())
-    paint(o["aorta"], 42.0, 1.7)
-    lungs = (o["lung_r"] | o["lung_l"]) & o["trunk"]
-    paint(
-        lungs,
-        -830.0 + 25 * o["texture"] + np.maximum(o["vessels"] - 1.6, 0) * 450,
-        0.35 + 0.15 * np.maximum(o["vessels"] - 1.6, 0),
-    )
-    heart = o["heart_d"] <= 1
-    paint(heart, 40.0, 1.8)
-    paint(heart & (o["heart_d"] > 0.45), 45.0, a["suv_heart"] * study_uptake())  # myocardium
-    bone = (o["vertebra_d"] <= 1) | o["ribs"] | o["sternum"] | o["pelvis"] | o["femur"]
-    paint(bone, 250.0 + 30 * o["texture"], 1.4)
-    paint(((o["vertebra_d"] > 0.7) & (o["vertebra_d"] <= 1)) | o["ribs"], 700.0, 0.9)
-    paint((o["vertebra_d"] <= 1) & o["disc"], 85.0, 0.9)
-    paint(o["canal_d"] <= 1, 25.0, 0.7)
-    paint((o["canal_d"] > 1) & (o["canal_d"] <= 2.6) & (space.Y < 0), 550.0, 0.9)  # posterior elements
-    head_d = o["head_d"]
-    paint((head_d <= 0.84) & (head_d > 0.70), 880.0, 0.6)  # skull
-    brain = head_d <= 0.70
-    paint(brain, 36.0 + 3 * o["texture"], a["suv_brain"] * study_uptake() * np.where(head_d > 0.45, 1.15, 0.85))
-    paint(o["ventricles"] & brain, 8.0, 1.0)
-    paint(o["tonsils"], 40.0, a["suv_tonsil"] * study_uptake())
+    liver = a["suv_liver"] * study_uptake()
+    suv = {
+        "table": 0.0,
+        "body": lambda: muscle * (1 + 0.08 * texture),
+        "fat": 0.3,
+        "visceral_fat": 0.35,
+        "bowel_gas": 0.0,
+        "bowel_wall": muscle * 1.6,
+        "liver": lambda: liver * (1 + 0.07 * texture),
+        "spleen": 0.85 * a["suv_liver"] * study_uptake(),
+        "stomach": a["suv_stomach"] * study_uptake(),
+        "kidney": a["suv_kidney"] * study_uptake(),
+        "renal_pelvis": a["suv_urine"] * study_uptake(),
+        "bladder": a["suv_bladder"] * study_uptake(),
+        "aorta": 1.7,
+        "lungs": lambda: 0.35 + 0.15 * np.maximum(o["vessels"] - 1.6, 0),
+        "heart": 1.8,
+        "myocardium": a["suv_heart"] * study_uptake(),
+        "bone": 1.4,
+        "cortex": 0.9,
+        "disc": 0.9,
+        "canal": 0.7,
+        "posterior_elements": 0.9,
+        "skull": 0.6,
+    }
+    brain = a["suv_brain"] * study_uptake()
+    suv["brain"] = lambda: brain * np.where(o["head_d"] > 0.45, 1.15, 0.85)
+    suv["ventricles"] = 1.0
+    suv["tonsils"] = a["suv_tonsil"] * study_uptake()
+    return suv
 
-    seg = np.zeros(shape, dtype=np.uint8)
+
+def paint_lesions(rng, space: Space, o: dict, lesions: list[dict], ct: np.ndarray, pet: np.ndarray) -> np.ndarray:
+    """Paint ``lesions`` into the CT and PET (in place) and return their mask (uint8)."""
+    seg = np.zeros(ct.shape, dtype=np.uint8)
     for lesion in lesions:
         d = space.ellipsoid(lesion["centre"], lesion["radii"])
         inside = (d <= 1) & o["body"]
@@ -349,29 +411,61 @@ def _render_autopet(rng, a: dict, lesions: list[dict]):
             continue
         seg[inside] = 1
         core = 1.0 - 0.55 * lesion["necrosis"] * np.clip(1 - d / 0.35, 0, 1)  # necrotic centres of big lesions
-        paint(
-            inside,
-            lesion["hu"] if lesion["hu"] is not None else ct + lesion["hu_delta"],
-            lesion["suv"] * core * study_uptake(),
-        )
+        paint(ct, inside, lesion["hu"] if lesion["hu"] is not None else ct + lesion["hu_delta"])
+        paint(pet, inside, lesion["suv"] * core * rng.uniform(0.85, 1.15))
+    return seg
 
+
+def acquire(rng, ct: np.ndarray, pet: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What the scanner makes of the true images: PET blurred to 6-7 mm FWHM with signal-dependent correlated
+    noise, CT slightly blurred with 9 HU noise and clipped to the 12-bit range."""
+    shape = ct.shape
     fwhm = rng.uniform(6.0, 7.0)
     sigma = [fwhm / 2.3548 / s for s in AUTOPET_SPACING]
     pet = ndimage.gaussian_filter(pet, sigma)
     noise = smooth_noise(rng, shape, 0.7)
     pet = np.maximum(pet + 0.16 * np.sqrt(np.maximum(pet, 0)) * noise, 0).astype(np.float32)
     ct = ndimage.gaussian_filter(ct, 0.6) + rng.normal(0, 9.0, size=shape).astype(np.float32)
-    ct = np.clip(ct, -1024, 3071).astype(np.float32)
+    return np.clip(ct, -1024, 3071).astype(np.float32), pet
 
-    affine = np.array(
+
+def phantom_affine(shape) -> np.ndarray:
+    """AutoPET's LAS affine of a phantom grid (2 x 2 x 3 mm, centred in x and y)."""
+    sx, sy, sz = AUTOPET_SPACING
+    return np.array(
         [[-sx, 0, 0, (shape[0] - 1) / 2 * sx], [0, sy, 0, -(shape[1] - 1) / 2 * sy], [0, 0, sz, -900.0], [0, 0, 0, 1]],
         dtype=np.float64,
     )
-    return ct, pet, seg, affine
+
+
+def render_study(rng, a: dict, lesions: list[dict], uptake=fdg_uptake, extra_regions=None):
+    """CT (HU), PET (SUV) and lesion mask of one study, and the LAS affine.
+
+    ``uptake(rng, parts, anatomy)`` gives the tracer's SUV per tissue (``fdg_uptake``; PSMA's is in
+    ``phantoms/psma.py``); ``extra_regions(space, parts, anatomy)`` yields ``(name, mask)`` of tracer-specific
+    tissues, painted after the others in the PET only.
+    """
+    shape = a["shape"]
+    shift = (rng.uniform(-4, 4), rng.uniform(-3, 3), rng.uniform(-6, 6))
+    space = Space(shape, AUTOPET_SPACING, shift)
+    o = body_parts(space, a)
+    hu, suv = ct_values(o), uptake(rng, o, a)
+    ct = np.full(shape, -1000.0, dtype=np.float32)
+    pet = np.zeros(shape, dtype=np.float32)
+    regions = study_regions(space, o, a)
+    if extra_regions is not None:
+        regions = itertools.chain(regions, extra_regions(space, o, a))
+    for name, mask in regions:
+        if name in hu:
+            paint(ct, mask, hu[name])
+        paint(pet, mask, suv[name])
+    seg = paint_lesions(rng, space, o, lesions, ct, pet)
+    ct, pet = acquire(rng, ct, pet)
+    return ct, pet, seg, phantom_affine(shape)
 
 
 # lymph-node stations, in fractions of (A, B, H); each mirrored left/right
-_NODE_STATIONS = {
+NODE_STATIONS = {
     "cervical": (0.20, -0.15, 0.76),
     "axillary": (0.80, -0.05, 0.655),
     "mediastinal": (0.05, 0.12, 0.62),
@@ -382,7 +476,7 @@ _NODE_STATIONS = {
 }
 
 
-def _site_point(rng, space: Space, mask: np.ndarray, margin_mm: float):
+def site_point(rng, space: Space, mask: np.ndarray, margin_mm: float):
     """A random voxel centre (mm) inside ``mask`` at least ``margin_mm`` from its edge (or anywhere in it)."""
     depth = ndimage.distance_transform_edt(mask, sampling=space.spacing)
     candidates = np.argwhere(depth >= margin_mm)
@@ -394,7 +488,9 @@ def _site_point(rng, space: Space, mask: np.ndarray, margin_mm: float):
     return (float(space.X[i, 0, 0]), float(space.Y[0, j, 0]), float(space.Z[0, 0, k]))
 
 
-def _lesion(rng, centre, radius_mm, suv, kind):
+def make_lesion(rng, centre, radius_mm, suv, kind):
+    """One ellipsoidal lesion (radii +-25 % around ``radius_mm``; one in five subtle, SUV 3-4); ``kind`` sets its
+    CT appearance (nodes, lung, skin and spleen lesions as soft tissue, liver lesions hypodense)."""
     radii = tuple(radius_mm * rng.uniform(0.75, 1.25) for _ in range(3))
     if rng.random() < 0.2:
         suv = rng.uniform(3.0, 4.0)  # subtle lesion
@@ -410,23 +506,24 @@ def _lesion(rng, centre, radius_mm, suv, kind):
     }
 
 
-def _draw_lesions(rng, diagnosis: str, a: dict) -> list[dict]:
+def draw_lesions(rng, diagnosis: str, a: dict) -> list[dict]:
+    """FDG lesions of a patient with ``diagnosis`` (lymphoma, lung cancer, melanoma; see the module docstring)."""
     A, B, H = a["A"], a["B"], a["H"]
     space = Space(a["shape"], AUTOPET_SPACING)
-    o = _body_parts(space, a)
+    o = body_parts(space, a)
 
     def node(station, side, spread=6.0):
-        u, v, w = _NODE_STATIONS[station]
+        u, v, w = NODE_STATIONS[station]
         centre = np.array([side * u * A, v * B, w * H]) + rng.normal(0, spread, 3) * (1, 1, 0.7)
-        return _lesion(rng, centre, rng.uniform(4.0, 10.0), rng.uniform(5.0, 16.0), "node")
+        return make_lesion(rng, centre, rng.uniform(4.0, 10.0), rng.uniform(5.0, 16.0), "node")
 
     def organ(mask, kind, radius, suv):
-        point = _site_point(rng, space, mask, radius + 2.0)
-        return None if point is None else _lesion(rng, point, radius, suv, kind)
+        point = site_point(rng, space, mask, radius + 2.0)
+        return None if point is None else make_lesion(rng, point, radius, suv, kind)
 
     lesions = []
     if diagnosis == "lymphoma":
-        stations = rng.choice(list(_NODE_STATIONS), size=int(rng.integers(1, 4)), replace=False)
+        stations = rng.choice(list(NODE_STATIONS), size=int(rng.integers(1, 4)), replace=False)
         for station in stations:
             side = 1 if rng.random() < 0.5 else -1
             centre_node = node(station, side, spread=3.0)
@@ -434,7 +531,7 @@ def _draw_lesions(rng, diagnosis: str, a: dict) -> list[dict]:
             for _ in range(int(rng.integers(1, 4))):  # a cluster around the first node
                 offset = rng.normal(0, 9.0, 3) * (1, 1, 0.8)
                 lesions.append(
-                    _lesion(
+                    make_lesion(
                         rng,
                         np.add(centre_node["centre"], offset),
                         rng.uniform(4.0, 9.0),
@@ -476,8 +573,9 @@ def _draw_lesions(rng, diagnosis: str, a: dict) -> list[dict]:
     return lesions
 
 
-def _follow_up_lesions(rng, lesions: list[dict], a: dict, diagnosis: str) -> list[dict]:
-    """Lesions at a later time point: most persist with changed size and uptake, some respond, rarely a new one."""
+def follow_up_lesions(rng, lesions: list[dict], a: dict, diagnosis: str, new_lesions=draw_lesions) -> list[dict]:
+    """Lesions at a later time point: most persist with changed size and uptake, some respond, rarely a new one
+    (the first of ``new_lesions(rng, diagnosis, anatomy)``: the disease's pattern)."""
     evolved = []
     for lesion in lesions:
         if rng.random() < 0.25:
@@ -491,5 +589,5 @@ def _follow_up_lesions(rng, lesions: list[dict], a: dict, diagnosis: str) -> lis
             }
         )
     if rng.random() < 0.3 or not evolved:
-        evolved += _draw_lesions(rng, diagnosis, a)[:1]
+        evolved += new_lesions(rng, diagnosis, a)[:1]
     return evolved
