@@ -10,7 +10,7 @@ from .base import StudyFiles, TaskSpec
 from .registry import detect_task, detection_order, get_task, list_tasks, register_task, task_for_modalities, task_names
 
 # Built-in tasks register themselves on import; the order is the order of `task_names()`.
-from . import autopet, autopet3, brain_tumour  # noqa: F401  isort: skip
+from . import autopet, brain_tumour, autopet3  # noqa: F401  isort: skip
 
 __all__ = [
     "StudyFiles",
