@@ -85,6 +85,7 @@ def _rotated_ellipsoid(space: Space, centre, radii, angle):
 
 
 def _render_brain(rng, shape) -> tuple[np.ndarray, np.ndarray]:
+    """The 4D MR image (FLAIR, T1w, T1Gd, T2w) and the label map of one case."""
     space = Space(shape, BRAIN_SPACING)
     half = np.array(shape, dtype=float) * np.array(BRAIN_SPACING) / 2
     radii = half * np.array([0.86, 0.88, 0.86]) * rng.uniform(0.92, 1.0, 3)
@@ -100,6 +101,15 @@ def _render_brain(rng, shape) -> tuple[np.ndarray, np.ndarray]:
     folding = smooth_noise(rng, shape, 1.0)
     # cortex 2-6 mm thick following the folding field; sulci are CSF clefts through it
     grey_edge = brain_edge - thickness(2.0) - thickness(10.0) * np.clip(0.5 + 0.5 * folding, 0.1, 1.0)
+    tissue = _tissue_map(space, shape, d, head, radii, centre, folding, grey_edge, skull_outer, brain_edge, thickness)
+    label = _tumour_labels(rng, space, shape, tissue, d, radii, centre, brain_edge)
+    return _mr_channels(rng, shape, tissue, label, head), label
+
+
+def _tissue_map(
+    space, shape, d, head, radii, centre, folding, grey_edge, skull_outer, brain_edge, thickness
+) -> np.ndarray:
+    """0 air, 1 scalp, 2 skull, 3 CSF (with ventricles and falx), 4 grey matter, 5 white matter."""
     tissue = np.zeros(shape, dtype=np.int8)  # 0 air, 1 scalp, 2 skull, 3 csf, 4 grey, 5 white
     tissue[head] = 1
     tissue[d <= skull_outer] = 2
@@ -136,8 +146,13 @@ def _render_brain(rng, shape) -> tuple[np.ndarray, np.ndarray]:
     ventricles |= space.ellipsoid((0.0, 0.0, cz - 0.02 * dz), (0.025 * dx, 0.16 * dy, 0.10 * dz)) <= 1
     falx = (np.abs(space.X) < 1.1) & (tissue >= 4) & (np.abs(space.Y) > 0.45 * dy)
     tissue[ventricles | falx] = 3
+    return tissue
 
-    # tumour: core (necrotic / non-enhancing), enhancing rim, edema; boundaries made irregular by smooth noise
+
+def _tumour_labels(rng, space, shape, tissue, d, radii, centre, brain_edge) -> np.ndarray:
+    """The glioma: 1 edema, 2 core (necrotic / non-enhancing), 3 enhancing rim; irregular boundaries."""
+    dx, dy, dz = radii
+    cz = centre[2]
     side = 1 if rng.random() < 0.5 else -1
     t_centre = (side * rng.uniform(0.25, 0.45) * dx, rng.uniform(-0.45, 0.45) * dy, cz + rng.uniform(-0.1, 0.35) * dz)
     core_radius = rng.uniform(8.0, 16.0)
@@ -153,7 +168,11 @@ def _render_brain(rng, shape) -> tuple[np.ndarray, np.ndarray]:
     if rng.random() < 0.85:
         rim_mm = rng.uniform(2.0, 5.0)
         label[tumour & (core_d > 1 - rim_mm / core_radius)] = 3
+    return label
 
+
+def _mr_channels(rng, shape, tissue, label, head) -> np.ndarray:
+    """MR intensities per tissue and label, blurred, with bias field, gain and noise; zero outside the head."""
     channels = np.zeros((*shape, 4), dtype=np.float32)
     names = ["scalp", "skull", "csf", "grey", "white"]
     for code, name in enumerate(names, start=1):
@@ -168,4 +187,4 @@ def _render_brain(rng, shape) -> tuple[np.ndarray, np.ndarray]:
     noise = rng.standard_normal((*shape, 4), dtype=np.float32) * (0.025 * np.array(_MR["white"], dtype=np.float32))
     channels = (channels * bias[..., None] + noise) * gain
     channels[~head] = 0.0  # MR background is exactly zero, as in MSD
-    return np.maximum(channels, 0).astype(np.float32), label
+    return np.maximum(channels, 0).astype(np.float32)
