@@ -26,6 +26,7 @@ COMMANDS = {
     "evaluate": "evaluate",
     "push": "push",
     "demo": "demo",
+    "convert": "convert",
 }
 
 
