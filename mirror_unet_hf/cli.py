@@ -15,8 +15,18 @@ from .errors import CONFIG_ERRORS, OneLineArgumentParser, UserInputError, one_li
 
 # File-system refusals the user fixes (name too long, no permission, disk full or read-only, a file where a
 # folder is expected): reported like a UserInputError, naming the path.
-USER_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EROFS,
-                         errno.ENOTDIR, errno.EISDIR})
+USER_ERRNOS = frozenset(
+    {
+        errno.ENAMETOOLONG,
+        errno.EACCES,
+        errno.EPERM,
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EROFS,
+        errno.ENOTDIR,
+        errno.EISDIR,
+    }
+)
 
 # command name -> module under mirror_unet_hf.commands
 COMMANDS = {

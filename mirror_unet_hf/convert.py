@@ -83,8 +83,10 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def is_state_dict(value) -> bool:
-    return isinstance(value, dict) and bool(value) and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items()
+    return (
+        isinstance(value, dict)
+        and bool(value)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
     )
 
 
@@ -111,10 +113,10 @@ def strip_wrapper_prefix(state: dict[str, torch.Tensor], expected: set[str]) -> 
     for prefix in candidates:
         if not all(key.startswith(prefix) for key in state):
             continue
-        hits = len({key[len(prefix):] for key in state} & expected)
+        hits = len({key[len(prefix) :] for key in state} & expected)
         if hits > best_hits:
             best, best_hits = prefix, hits
-    return {key[len(best):]: value for key, value in state.items()}, best
+    return {key[len(best) :]: value for key, value in state.items()}, best
 
 
 # ------------------------------------------------------------------ key maps (source prefix → our prefix)
@@ -199,7 +201,7 @@ def rename(state: dict[str, torch.Tensor], pairs: list[tuple[str, str]]):
         if match is None:
             unmatched.append(key)
             continue
-        ours = match[1] + key[len(match[0]):]
+        ours = match[1] + key[len(match[0]) :]
         renamed[ours], origin[ours] = value, key
     return renamed, origin, unmatched
 
@@ -211,7 +213,7 @@ def expected_source_keys(model: torch.nn.Module, pairs: list[tuple[str, str]]) -
     for key in model.state_dict():
         match = next(((t, s) for t, s in inverse if key.startswith(t)), None)
         if match is not None:
-            keys.add(match[1] + key[len(match[0]):])
+            keys.add(match[1] + key[len(match[0]) :])
     return keys
 
 
@@ -251,8 +253,9 @@ def reorder_input_channels(config: MirrorUNetConfig, state: dict[str, torch.Tens
 # ------------------------------------------------------------------ configs
 
 
-def source_config(source: str, preset: str, overrides: dict, state: dict[str, torch.Tensor],
-                  fusion_weight: float | None) -> tuple[MirrorUNetConfig, list[str]]:
+def source_config(
+    source: str, preset: str, overrides: dict, state: dict[str, torch.Tensor], fusion_weight: float | None
+) -> tuple[MirrorUNetConfig, list[str]]:
     """The config the converted model needs, and notes: the preset with `overrides`, plus what the source
     structure fixes (the official v3 flatten head, the decision-fusion scalar)."""
     notes = []

@@ -208,7 +208,11 @@ class MirrorUNetBranch(nn.Module):
         if self.out_channels:
             layers += [f"decoder.{j}" for j in range(self.levels)]
         self.own = nn.ModuleDict(
-            {module_key(layer): make_level(config, layer, branch) for layer in layers if layer not in config.shared_layers}
+            {
+                module_key(layer): make_level(config, layer, branch)
+                for layer in layers
+                if layer not in config.shared_layers
+            }
         )
 
     def _level(self, layer: str, shared: nn.ModuleDict) -> nn.Module:
@@ -272,8 +276,13 @@ class MirrorUNetBottleneckDecoder(nn.Module):
             else:
                 blocks.append(
                     MirrorUNetConvNormAct(
-                        config, widths[i], widths[i + 1], config.up_kernel_size, stride,
-                        transposed=True, conv_only=i == levels - 1,
+                        config,
+                        widths[i],
+                        widths[i + 1],
+                        config.up_kernel_size,
+                        stride,
+                        transposed=True,
+                        conv_only=i == levels - 1,
                     )
                 )
         self.blocks = nn.Sequential(*blocks)
@@ -314,6 +323,7 @@ class MirrorUNetClassificationHead(nn.Module):
         if self.map_shape is None:
             return self.mlp(bottleneck.mean(dim=(2, 3, 4)))
         if tuple(bottleneck.shape[2:]) != self.map_shape:
+
             def size(shape):
                 return "×".join(str(n * self.total_stride) for n in shape)
 
@@ -587,7 +597,9 @@ class MirrorUNetModel(MirrorUNetPreTrainedModel):
         if class_labels is not None and head is not None and head["task"] == "diagnosis":
             n = len(head["class_names"])
             if class_labels.shape != (pixel_values.shape[0],):
-                raise ValueError(f"class_labels has shape {tuple(class_labels.shape)}; expected ({pixel_values.shape[0]},)")
+                raise ValueError(
+                    f"class_labels has shape {tuple(class_labels.shape)}; expected ({pixel_values.shape[0]},)"
+                )
             if bool(((class_labels < -1) | (class_labels >= n)).any()):
                 raise ValueError(
                     f"class_labels {class_labels.tolist()} must be in 0..{n - 1} ({', '.join(head['class_names'])}) "
@@ -712,8 +724,12 @@ class MirrorUNetModel(MirrorUNetPreTrainedModel):
         (`dice_weight`, `ce_weight`, `dice_reduction`, `include_background`)."""
         config = self.config
         return dice_ce_loss(
-            logits, class_targets(labels, classes), dice_weight=config.dice_weight, ce_weight=config.ce_weight,
-            reduction=config.dice_reduction, include_background=config.include_background,
+            logits,
+            class_targets(labels, classes),
+            dice_weight=config.dice_weight,
+            ce_weight=config.ce_weight,
+            reduction=config.dice_reduction,
+            include_background=config.include_background,
             sum_reducer=self.dice_sum_reducer,
         )
 

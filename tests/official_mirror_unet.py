@@ -19,7 +19,14 @@ VARIANTS = ("transference", "fission", "fission_classification", "decision_fusio
 
 def residual_unit(in_channels, out_channels, stride, subunits, last_conv_only=False):
     return ResidualUnit(
-        3, in_channels, out_channels, strides=stride, kernel_size=3, subunits=subunits, act="PRELU", norm="BATCH",
+        3,
+        in_channels,
+        out_channels,
+        strides=stride,
+        kernel_size=3,
+        subunits=subunits,
+        act="PRELU",
+        norm="BATCH",
         last_conv_only=last_conv_only,
     )
 

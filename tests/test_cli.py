@@ -27,12 +27,15 @@ def test_presets_json_has_exact_parameter_counts(capsys):
     assert rows["brats-v1"]["final_mask"] == "union: flair, t1gd"
 
 
-@pytest.mark.parametrize("argv, start", [
-    (["nonsense"], "mirror-unet: error: argument COMMAND: invalid choice: 'nonsense'"),
-    (["predict", "--model", "m", "--bogus", "1"], "mirror-unet: error: unrecognized arguments: --bogus 1"),
-    (["predict"], "mirror-unet predict: error: the following arguments are required: --model"),
-    (["evaluate", "--pred", "a"], "mirror-unet evaluate: error:"),
-])
+@pytest.mark.parametrize(
+    "argv, start",
+    [
+        (["nonsense"], "mirror-unet: error: argument COMMAND: invalid choice: 'nonsense'"),
+        (["predict", "--model", "m", "--bogus", "1"], "mirror-unet: error: unrecognized arguments: --bogus 1"),
+        (["predict"], "mirror-unet predict: error: the following arguments are required: --model"),
+        (["evaluate", "--pred", "a"], "mirror-unet evaluate: error:"),
+    ],
+)
 def test_usage_mistakes_are_one_line_naming_the_flag_and_the_help(argv, start):
     result = subprocess.run([sys.executable, "-m", "mirror_unet_hf.cli", *argv], capture_output=True, text=True)
     assert result.returncode == 2 and result.stdout == ""

@@ -34,7 +34,12 @@ def fixed_input() -> torch.Tensor:
 def monai_unet() -> torch.nn.Module:
     torch.manual_seed(0)
     net = monai_nets.UNet(
-        spatial_dims=3, in_channels=2, out_channels=2, channels=CHANNELS, strides=(2, 2, 2, 2), num_res_units=2,
+        spatial_dims=3,
+        in_channels=2,
+        out_channels=2,
+        channels=CHANNELS,
+        strides=(2, 2, 2, 2),
+        num_res_units=2,
         norm="batch",
     )
     return randomise(net)
@@ -50,8 +55,20 @@ def official(variant: str, th: float = 0.5) -> OfficialMirrorUNet:
 
 def convert_cli(tmp_path, source, checkpoint, preset, *extra) -> MirrorUNetModel:
     out = tmp_path / "converted"
-    argv = ["convert", "--from", source, "--checkpoint", str(checkpoint), "--preset", preset, "--out", str(out),
-            "--model-overrides", json.dumps(OVERRIDES), *extra]
+    argv = [
+        "convert",
+        "--from",
+        source,
+        "--checkpoint",
+        str(checkpoint),
+        "--preset",
+        preset,
+        "--out",
+        str(out),
+        "--model-overrides",
+        json.dumps(OVERRIDES),
+        *extra,
+    ]
     assert main(argv) == 0
     model, info = MirrorUNetModel.from_pretrained(out, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
@@ -61,8 +78,12 @@ def convert_cli(tmp_path, source, checkpoint, preset, *extra) -> MirrorUNetModel
 def test_monai_unet_lightning_checkpoint_converts_to_early_fusion_with_equal_outputs(tmp_path):
     source = monai_unet()
     # Lightning: weights under "state_dict" with the LightningModule's attribute as prefix, beside other entries
-    checkpoint = {"state_dict": {f"_model.{k}": v for k, v in source.state_dict().items()}, "epoch": 777,
-                  "global_step": 64573, "optimizer_states": [{"state": {}, "param_groups": [{"lr": 1e-3}]}]}
+    checkpoint = {
+        "state_dict": {f"_model.{k}": v for k, v in source.state_dict().items()},
+        "epoch": 777,
+        "global_step": 64573,
+        "optimizer_states": [{"state": {}, "param_groups": [{"lr": 1e-3}]}],
+    }
     torch.save(checkpoint, tmp_path / "baseline.ckpt")
     model = convert_cli(tmp_path, "monai-unet", tmp_path / "baseline.ckpt", "autopet-early-fusion")
     x = fixed_input()
@@ -82,7 +103,10 @@ def test_monai_unet_plain_nested_and_safetensors_files_load_alike(tmp_path, layo
     else:
         torch.save(state if layout == "plain" else {"net": {f"net.{k}": v for k, v in state.items()}}, path)
     conversion = convert_state_dict(
-        "monai-unet", load_checkpoint(path), "autopet-early-fusion", overrides=OVERRIDES,
+        "monai-unet",
+        load_checkpoint(path),
+        "autopet-early-fusion",
+        overrides=OVERRIDES,
         source_modalities=["ct", "pet"],
     )
     x = fixed_input()
@@ -98,8 +122,10 @@ def test_official_mirror_unet_converts_with_equal_outputs(tmp_path, variant, pre
     source = official(variant)
     # ignite's ModelCheckpoint with to_save={"net": net, "opt": opt}, from a DataParallel-wrapped net
     optimizer = torch.optim.Adam(source.parameters())
-    torch.save({"net": {f"module.{k}": v for k, v in source.state_dict().items()}, "opt": optimizer.state_dict()},
-               tmp_path / "net_best.pt")
+    torch.save(
+        {"net": {f"module.{k}": v for k, v in source.state_dict().items()}, "opt": optimizer.state_dict()},
+        tmp_path / "net_best.pt",
+    )
     model = convert_cli(tmp_path, "official-mirror-unet", tmp_path / "net_best.pt", preset)
     x = fixed_input()
     with torch.no_grad():
@@ -165,8 +191,11 @@ def test_missing_and_unexpected_keys_are_named():
 
 
 def test_other_widths_are_named_with_their_shapes():
-    with pytest.raises(UserInputError, match=r"shapes differ \(model\.0\.conv\.unit0\.conv\.weight \[4, 2, 3, 3, 3\] "
-                                              r"where .* is \[16, 2, 3, 3, 3\]"):
+    with pytest.raises(
+        UserInputError,
+        match=r"shapes differ \(model\.0\.conv\.unit0\.conv\.weight \[4, 2, 3, 3, 3\] "
+        r"where .* is \[16, 2, 3, 3, 3\]",
+    ):
         convert_state_dict("monai-unet", monai_unet().state_dict(), "autopet-early-fusion")
 
 
@@ -188,8 +217,19 @@ def test_cli_refuses_a_non_empty_out_folder_and_writes_nothing(tmp_path, capsys)
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    argv = ["convert", "--from", "monai-unet", "--checkpoint", str(path), "--preset", "autopet-early-fusion",
-            "--out", str(out), "--model-overrides", json.dumps(OVERRIDES)]
+    argv = [
+        "convert",
+        "--from",
+        "monai-unet",
+        "--checkpoint",
+        str(path),
+        "--preset",
+        "autopet-early-fusion",
+        "--out",
+        str(out),
+        "--model-overrides",
+        json.dumps(OVERRIDES),
+    ]
     assert main(argv) == 2
     assert "pass --overwrite" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["keep.txt"]

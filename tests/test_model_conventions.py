@@ -32,9 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
 DEMO_CHECKPOINT = REPO / "demo" / "checkpoint"
 SIDE = 16
-OUTPUT_FIELDS = [
-    "loss", "logits", "branch_outputs", "bottleneck_decoder_output", "classification_logits", "loss_terms"
-]
+OUTPUT_FIELDS = ["loss", "logits", "branch_outputs", "bottleneck_decoder_output", "classification_logits", "loss_terms"]
 
 
 def state_dict_signature(model: nn.Module) -> list[str]:
@@ -81,7 +79,10 @@ def test_checkpoints_saved_before_the_official_decoder_keep_their_keys(entry):
     with torch.device("meta"):
         model = MirrorUNetModel(MirrorUNetConfig.from_dict(saved))
     lines = state_dict_signature(model)
-    assert (len(lines), hashlib.sha256("\n".join(lines).encode()).hexdigest()) == (recorded["count"], recorded["sha256"])
+    assert (len(lines), hashlib.sha256("\n".join(lines).encode()).hexdigest()) == (
+        recorded["count"],
+        recorded["sha256"],
+    )
 
 
 def test_the_old_demo_checkpoint_loads_every_key_and_gives_the_recorded_outputs():
@@ -104,8 +105,9 @@ def test_the_old_demo_checkpoint_loads_every_key_and_gives_the_recorded_outputs(
         assert abs(flat.abs().sum().item() - expected["abs_sum"]) <= tolerance, name
         assert abs(flat.sum().item() - expected["sum"]) <= tolerance, name
         index = torch.linspace(0, flat.numel() - 1, len(expected["samples"])).long()
-        torch.testing.assert_close(flat[index], torch.tensor(expected["samples"], dtype=torch.float64),
-                                   rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(
+            flat[index], torch.tensor(expected["samples"], dtype=torch.float64), rtol=1e-4, atol=1e-5, msg=name
+        )
 
 
 # ------------------------------------------------------------------ naming
@@ -113,7 +115,8 @@ def test_the_old_demo_checkpoint_loads_every_key_and_gives_the_recorded_outputs(
 
 def test_every_building_block_is_named_after_the_model():
     classes = [
-        obj for _, obj in inspect.getmembers(modeling, inspect.isclass)
+        obj
+        for _, obj in inspect.getmembers(modeling, inspect.isclass)
         if obj.__module__ == modeling.__name__ and issubclass(obj, nn.Module)
     ]
     assert len(classes) >= 9
@@ -193,8 +196,14 @@ def test_trainer_runs_a_step_and_passes_no_loss_kwargs(tmp_path):
         for _ in range(2)
     ]
     args = transformers.TrainingArguments(
-        output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=2, report_to=[], use_cpu=True,
-        save_strategy="no", logging_strategy="no", dataloader_num_workers=0,
+        output_dir=str(tmp_path),
+        max_steps=1,
+        per_device_train_batch_size=2,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        logging_strategy="no",
+        dataloader_num_workers=0,
     )
     trainer = transformers.Trainer(model=model, args=args, train_dataset=rows)
     assert trainer.model_accepts_loss_kwargs is False
@@ -207,7 +216,9 @@ def test_trainer_runs_a_step_and_passes_no_loss_kwargs(tmp_path):
 # ------------------------------------------------------------------ remote code
 
 
-REMOTE_DEMO = WITHOUT_PACKAGE + """
+REMOTE_DEMO = (
+    WITHOUT_PACKAGE
+    + """
 import torch
 from transformers import AutoModel
 model = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
@@ -223,6 +234,7 @@ except TypeError as error:
     assert "did you mean 'labels'" in str(error), error
 print("REMOTE-OK")
 """
+)
 
 
 def test_the_demo_checkpoint_code_copy_loads_in_a_fresh_process_without_the_package(tmp_path):

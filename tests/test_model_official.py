@@ -27,15 +27,17 @@ def logits_and_target(seed=0, classes=3):
 def test_dice_matches_monai_dice_loss(batch, include_background):
     logits, target = logits_and_target()
     monai = monai_losses.DiceLoss(to_onehot_y=True, softmax=True, include_background=include_background, batch=batch)
-    ours = dice_ce_loss(logits, target, ce_weight=0.0, reduction="batch" if batch else "sample",
-                        include_background=include_background)
+    ours = dice_ce_loss(
+        logits, target, ce_weight=0.0, reduction="batch" if batch else "sample", include_background=include_background
+    )
     torch.testing.assert_close(ours, monai(logits, target[:, None]), rtol=1e-6, atol=1e-6)
 
 
 def test_weighted_dice_ce_matches_monai_dice_ce_loss_of_the_official_recipe():
     logits, target = logits_and_target(1, classes=2)
-    monai = monai_losses.DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True,
-                                    lambda_dice=0.5, lambda_ce=0.5)
+    monai = monai_losses.DiceCELoss(
+        to_onehot_y=True, softmax=True, include_background=False, batch=True, lambda_dice=0.5, lambda_ce=0.5
+    )
     ours = dice_ce_loss(logits, target, dice_weight=0.5, ce_weight=0.5, reduction="batch")
     torch.testing.assert_close(ours, monai(logits, target[:, None]), rtol=1e-6, atol=1e-6)
 
@@ -55,8 +57,9 @@ def batch(config, seed=0):
 
 
 def test_config_loss_fields_reach_every_segmentation_term():
-    config = MirrorUNetConfig.from_preset("autopet-v1", channels=SMALL, dice_weight=0.5, ce_weight=0.5,
-                                          dice_reduction="batch")
+    config = MirrorUNetConfig.from_preset(
+        "autopet-v1", channels=SMALL, dice_weight=0.5, ce_weight=0.5, dice_reduction="batch"
+    )
     model = MirrorUNetModel(config)
     x, labels = batch(config)
     out = model(x, labels=labels)
@@ -85,8 +88,13 @@ def test_one_mse_over_all_reconstructions():
 
 def official_decision_fusion(**extra):
     return MirrorUNetConfig.from_preset(
-        "autopet-decision-fusion", channels=SMALL, fusion_weights=[0.5, 0.5], learnable_fusion_weights=True,
-        fusion_parametrisation="scalar", fusion_loss="fused", **extra
+        "autopet-decision-fusion",
+        channels=SMALL,
+        fusion_weights=[0.5, 0.5],
+        learnable_fusion_weights=True,
+        fusion_parametrisation="scalar",
+        fusion_loss="fused",
+        **extra,
     )
 
 
@@ -109,14 +117,16 @@ def test_decision_fusion_by_one_learnable_scalar_and_one_loss_on_the_fused_logit
 
 def test_today_decision_fusion_trains_each_branch_and_two_normalised_weights():
     """Without the new fields: two weights normalised to sum to 1, each branch with its own loss plus the fused one."""
-    config = MirrorUNetConfig.from_preset("autopet-decision-fusion", channels=SMALL, fusion_weights=[0.5, 0.5],
-                                          learnable_fusion_weights=True)
+    config = MirrorUNetConfig.from_preset(
+        "autopet-decision-fusion", channels=SMALL, fusion_weights=[0.5, 0.5], learnable_fusion_weights=True
+    )
     model = MirrorUNetModel(config)
     assert model.fusion_weights.tolist() == [0.5, 0.5]
     x, labels = batch(config)
     t = model(x, labels=labels).loss_terms
-    torch.testing.assert_close(model(x, labels=labels).loss,
-                               t["ct/segmentation"] + t["pet/segmentation"] + t["final/segmentation"])
+    torch.testing.assert_close(
+        model(x, labels=labels).loss, t["ct/segmentation"] + t["pet/segmentation"] + t["final/segmentation"]
+    )
 
 
 def test_study_level_lesion_target_reads_class_labels():

@@ -65,8 +65,13 @@ def test_early_fusion_is_numerically_the_monai_baseline_unet():
     monai_nets = pytest.importorskip("monai.networks.nets")
     torch.manual_seed(0)
     reference = monai_nets.UNet(
-        spatial_dims=3, in_channels=2, out_channels=2, channels=(16, 32, 64, 128, 256),
-        strides=(2, 2, 2, 2), num_res_units=2, norm="batch",
+        spatial_dims=3,
+        in_channels=2,
+        out_channels=2,
+        channels=(16, 32, 64, 128, 256),
+        strides=(2, 2, 2, 2),
+        num_res_units=2,
+        norm="batch",
     ).eval()
     ours = MirrorUNetModel(MirrorUNetConfig.from_preset("autopet-early-fusion")).eval()
     branch = ours.branches["fused"].own

@@ -147,7 +147,15 @@ def train(args: TrainingArguments) -> int:
     settings = SlidingWindowSettings(overlap=args.overlap, precision=precision, device=device)
     run_info = training_run_info(args, accelerator, dataset, data_dir, uses_phantoms(args, data_dir))
     run = TrainingRun(
-        args, config, accelerator, model, optimizer, scheduler, loader, train_set, state,
+        args,
+        config,
+        accelerator,
+        model,
+        optimizer,
+        scheduler,
+        loader,
+        train_set,
+        state,
         evaluator=Evaluator(accelerator, validation, args.dataset, settings),
         checkpointer=checkpointer,
         exporter=Exporter(accelerator, args.output_dir, run_info),
