@@ -36,6 +36,7 @@ COMMANDS = {
     "evaluate": "evaluate",
     "push": "push",
     "demo": "demo",
+    "convert": "convert",
 }
 
 

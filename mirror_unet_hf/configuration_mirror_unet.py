@@ -23,7 +23,14 @@ NORMS = ("batch", "instance", "group")
 ACTIVATIONS = ("prelu", "relu", "leakyrelu", "gelu")
 BRANCH_KEYS = ("name", "inputs", "task", "classes", "targets")
 BOTTLENECK_DECODER_KEYS = ("task", "classes", "targets")
-CLASSIFICATION_HEAD_KEYS = ("branch", "task", "class_names", "hidden_size", "dropout")
+CLASSIFICATION_HEAD_KEYS = ("branch", "task", "class_names", "hidden_size", "dropout", "pooling")
+CLASSIFICATION_POOLINGS = ("global", "flatten")
+CLASSIFICATION_TARGETS = ("patch", "study")
+BOTTLENECK_DECODER_STYLES = ("light", "official")
+DICE_REDUCTIONS = ("sample", "batch")
+RECONSTRUCTION_REDUCTIONS = ("sum", "mean")
+FUSION_LOSSES = ("branches", "fused")
+FUSION_PARAMETRISATIONS = ("per_branch", "scalar")
 
 AUTO_MAP = {
     "AutoConfig": "configuration_mirror_unet.MirrorUNetConfig",
@@ -70,11 +77,22 @@ class MirrorUNetConfig(PreTrainedConfig):
         bottleneck_decoder (`dict`, *optional*):
             A decoder without skips on the concatenation of all branches' bottleneck tensors, with
             `task` (`"reconstruction"` with `targets`, or `"segmentation"` with `classes`).
+        bottleneck_decoder_style (`str`, defaults to `"light"`):
+            The bottleneck decoder's up-blocks. `"official"` (what the paper presets build): each block is
+            a transposed conv + norm + act followed by a one-sub-unit residual unit, and the last block is
+            normalised and activated too, as in the authors' code. `"light"`: a transposed conv + norm +
+            act per block, the last one emitting raw values — what configs saved without this field build.
         classification_head (`dict`, *optional*):
             A head on one branch's bottleneck tensor: `branch` (name), `task` (`"lesion_presence"`: one
-            logit, BCE, target 1 when the patch contains any foreground label; `"diagnosis"`:
-            `class_names` logits, cross-entropy on `class_labels`), `hidden_size` (256), `dropout` (0.5).
-            Global average pooling makes it independent of the patch size.
+            logit, BCE; `"diagnosis"`: `class_names` logits, cross-entropy on `class_labels`),
+            `hidden_size` (256), `dropout` (0.5) and `pooling`: `"global"` (default) averages the
+            bottleneck over space, so any patch or window size works; `"flatten"` is the official v3
+            head (1×1×1 conv to one channel + norm + act, flatten of the whole map, e.g. 6³ = 216 values
+            for 96³ patches), which only accepts inputs of exactly `patch_size`.
+        classification_target (`str`, defaults to `"patch"`):
+            Target of a lesion-presence head: `"patch"` = 1 when the patch contains any foreground label;
+            `"study"` = read from `class_labels` (> 0: a lesion-positive study, 0: negative, -1: unknown and
+            left out), e.g. the AutoPET diagnosis index, whose 0 is "negative" (the official code's target).
         final_mask_rule (`str`, defaults to `"branch"`):
             How `logits` is formed: `"branch"` = the one branch in `final_mask_branches`; `"union"` =
             union of the listed segmentation branches (a voxel is foreground when any branch says so;
@@ -86,9 +104,16 @@ class MirrorUNetConfig(PreTrainedConfig):
         fusion_weights (`list[float]`, *optional*):
             `"mean_logits"` weights, one per listed branch (defaults to equal weights).
         learnable_fusion_weights (`bool`, defaults to `False`):
-            Learn the `"mean_logits"` weights (initialised from `fusion_weights`, clamped to [0, 1] and
-            normalised to sum to 1 in the forward pass); the fused logits then get a segmentation
-            loss of their own so that the weights train.
+            Learn the `"mean_logits"` weights (initialised from `fusion_weights`); with `fusion_loss`
+            `"branches"` the fused logits then get a segmentation loss of their own so that the weights train.
+        fusion_parametrisation (`str`, defaults to `"per_branch"`):
+            `"per_branch"`: one weight per branch, clamped to [0, 1] and normalised to sum to 1 when
+            learnable. `"scalar"` (two branches, the official code): one weight w for the first branch,
+            clamped to [0, 1], and 1 − w for the second; w starts at `fusion_weights[0]`.
+        fusion_loss (`str`, defaults to `"branches"`):
+            How `"mean_logits"` trains: `"branches"` = each final-mask branch has its own segmentation loss
+            (plus one on the fused logits when the weights are learnable); `"fused"` = one segmentation loss
+            on the fused logits only (the official decision fusion).
         channels (`list[int]`, defaults to `[16, 32, 64, 128, 256]`):
             Feature widths of the encoder levels; the last entry is the bottleneck width.
         strides (`list[int]`, defaults to `[2, 2, 2, 2]`):
@@ -106,7 +131,22 @@ class MirrorUNetConfig(PreTrainedConfig):
         act (`str`, defaults to `"prelu"`): `"prelu"`, `"relu"`, `"leakyrelu"` or `"gelu"`.
         dropout (`float`, defaults to 0.0): Dropout after each norm in the U-Net units.
         lambda_seg, lambda_rec, lambda_cls (`float`, default 1.0, 0.1, 0.1):
-            Loss weights of the paper: L = λ_seg (Dice + CE) + λ_rec MSE + λ_cls BCE/CE.
+            Loss weights of the paper: L = λ_seg (w_Dice · Dice + w_CE · CE) + λ_rec MSE + λ_cls BCE/CE.
+        dice_weight, ce_weight (`float`, default 1.0, 1.0):
+            w_Dice and w_CE inside each segmentation term (the official code: 0.5 and 0.5).
+        dice_reduction (`str`, defaults to `"sample"`):
+            `"sample"`: soft Dice per sample and class, then averaged. `"batch"`: intersection and
+            denominator summed over the batch before dividing, as MONAI's `DiceLoss(batch=True)` in the
+            official code. In data-parallel training a `"batch"` Dice pools the local batch only, unless
+            the training loop sets `MirrorUNetModel.dice_sum_reducer` to a differentiable all-reduce (sum)
+            over the processes (train/train.py does), which pools the global batch: two processes then
+            train as one with the whole batch.
+        include_background (`bool`, defaults to `False`):
+            Include the background class in the Dice term (the softmax always spans all classes).
+        reconstruction_reduction (`str`, defaults to `"sum"`):
+            `"sum"`: each reconstruction output is its own MSE term, the terms are added. `"mean"`: one MSE
+            over all reconstruction outputs together (the official code's; each term weighted by its share
+            of the reconstructed values, i.e. the mean of the terms for equal sizes).
         reference_modality (`str`, *optional*):
             The modality whose grid the final mask is written on (PET for AutoPET, T1Gd for BrainTumour).
             Defaults to the first input of the first final-mask branch.
@@ -135,11 +175,15 @@ class MirrorUNetConfig(PreTrainedConfig):
     branches: list[dict] | tuple[dict, ...] | None = None
     shared_layers: list[str] | tuple[str, ...] = ("bottleneck",)
     bottleneck_decoder: dict | None = None
+    bottleneck_decoder_style: str = "light"
     classification_head: dict | None = None
+    classification_target: str = "patch"
     final_mask_rule: str = "branch"
     final_mask_branches: list[str] | tuple[str, ...] | None = None
     fusion_weights: list[float] | tuple[float, ...] | None = None
     learnable_fusion_weights: bool = False
+    fusion_parametrisation: str = "per_branch"
+    fusion_loss: str = "branches"
     channels: list[int] | tuple[int, ...] = (16, 32, 64, 128, 256)
     strides: list[int] | tuple[int, ...] = (2, 2, 2, 2)
     num_res_units: int = 2
@@ -152,6 +196,11 @@ class MirrorUNetConfig(PreTrainedConfig):
     lambda_seg: float | int = 1.0
     lambda_rec: float | int = 0.1
     lambda_cls: float | int = 0.1
+    dice_weight: float | int = 1.0
+    ce_weight: float | int = 1.0
+    dice_reduction: str = "sample"
+    include_background: bool = False
+    reconstruction_reduction: str = "sum"
     reference_modality: str | None = None
     target_spacing: list[float] | tuple[float, ...] | None = None
     intensity_windows: dict | None = None
@@ -229,6 +278,8 @@ class MirrorUNetConfig(PreTrainedConfig):
         self._check_sharing()
         self._check_heads()
         self._check_final_mask()
+        self._check_fusion()
+        self._check_preprocessing()
 
     def _check_modalities(self):
         if not self.modalities:
@@ -309,9 +360,15 @@ class MirrorUNetConfig(PreTrainedConfig):
             raise ValueError(
                 f"`patch_size` {self.patch_size} must be three positive multiples of the total stride {self.total_stride}"
             )
-        for key in ("lambda_seg", "lambda_rec", "lambda_cls"):
+        for key in ("lambda_seg", "lambda_rec", "lambda_cls", "dice_weight", "ce_weight"):
             if getattr(self, key) < 0:
                 raise ValueError(f"`{key}` is {getattr(self, key)}; loss weights must be >= 0")
+        self._check_choice("dice_reduction", DICE_REDUCTIONS)
+        self._check_choice("reconstruction_reduction", RECONSTRUCTION_REDUCTIONS)
+
+    def _check_choice(self, key: str, choices: tuple[str, ...]):
+        if getattr(self, key) not in choices:
+            raise ValueError(f"`{key}` is {getattr(self, key)!r}; expected one of: {_names(choices)}")
 
     def _check_sharing(self):
         levels = len(self.strides)
@@ -337,6 +394,7 @@ class MirrorUNetConfig(PreTrainedConfig):
                 )
 
     def _check_heads(self):
+        self._check_choice("bottleneck_decoder_style", BOTTLENECK_DECODER_STYLES)
         decoder = self.bottleneck_decoder
         if decoder is not None:
             unknown = sorted(set(decoder) - set(BOTTLENECK_DECODER_KEYS))
@@ -376,6 +434,17 @@ class MirrorUNetConfig(PreTrainedConfig):
                 )
             if head["task"] == "diagnosis" and len(head.get("class_names") or []) < 2:
                 raise ValueError("`classification_head` task 'diagnosis' needs `class_names` with at least two classes")
+            if head.get("pooling", "global") not in CLASSIFICATION_POOLINGS:
+                raise ValueError(
+                    f"`classification_head` has pooling {head.get('pooling')!r}; expected one of: "
+                    f"{_names(CLASSIFICATION_POOLINGS)}"
+                )
+        self._check_choice("classification_target", CLASSIFICATION_TARGETS)
+        if self.classification_target == "study" and (head is None or head["task"] != "lesion_presence"):
+            raise ValueError(
+                "`classification_target` 'study' is the target of a lesion-presence head; this config has "
+                + ("no classification head" if head is None else f"a {head['task']!r} head")
+            )
 
     def _check_final_mask(self):
         if self.final_mask_rule not in FINAL_MASK_RULES:
@@ -408,6 +477,25 @@ class MirrorUNetConfig(PreTrainedConfig):
                 raise ValueError(
                     f"`fusion_weights` {self.fusion_weights} must have one weight per final-mask branch ({len(chosen)})"
                 )
+
+    def _check_fusion(self):
+        self._check_choice("fusion_loss", FUSION_LOSSES)
+        self._check_choice("fusion_parametrisation", FUSION_PARAMETRISATIONS)
+        for key, default in (("fusion_loss", "branches"), ("fusion_parametrisation", "per_branch")):
+            if getattr(self, key) != default and self.final_mask_rule != "mean_logits":
+                raise ValueError(
+                    f"`{key}` {getattr(self, key)!r} is a decision-fusion setting; it needs `final_mask_rule` "
+                    f"'mean_logits' (got {self.final_mask_rule!r})"
+                )
+        if self.fusion_parametrisation == "scalar":
+            weights = self.fusion_weights
+            if len(weights) != 2 or abs(weights[0] + weights[1] - 1.0) > 1e-6:
+                raise ValueError(
+                    f"`fusion_parametrisation` 'scalar' takes two final-mask branches weighted w and 1 - w; "
+                    f"`fusion_weights` is {weights}"
+                )
+
+    def _check_preprocessing(self):
         if self.reference_modality not in self.modalities:
             raise ValueError(
                 f"`reference_modality` {self.reference_modality!r} is not one of the modalities ({_names(self.modalities)})"
@@ -486,6 +574,10 @@ class MirrorUNetConfig(PreTrainedConfig):
                 if h["task"] == "lesion_presence"
                 else "diagnosis (" + ", ".join(h["class_names"]) + ")"
             )
+            if h.get("pooling", "global") == "flatten":
+                what += (
+                    f" (official flatten head, {'×'.join(str(p // self.total_stride) for p in self.patch_size)} map)"
+                )
             rows.append({"part": "classification head", "inputs": f"bottleneck of `{h['branch']}`", "task": what})
         return rows
 
@@ -529,7 +621,12 @@ PRESETS: dict[str, dict] = {
     },
     "autopet-v2": {
         "description": "AutoPET v2 (fission): v1 + bottleneck decoder reconstructing PET",
-        "config": {**_AUTOPET, "branches": [_CT_REC, _PET_SEG], "bottleneck_decoder": _PET_REC_DECODER},
+        "config": {
+            **_AUTOPET,
+            "branches": [_CT_REC, _PET_SEG],
+            "bottleneck_decoder": _PET_REC_DECODER,
+            "bottleneck_decoder_style": "official",
+        },
     },
     "autopet-v3": {
         "description": "AutoPET v3 (fission + classification): v2 + lesion-presence head on the PET bottleneck",
@@ -537,6 +634,7 @@ PRESETS: dict[str, dict] = {
             **_AUTOPET,
             "branches": [_CT_REC, _PET_SEG],
             "bottleneck_decoder": _PET_REC_DECODER,
+            "bottleneck_decoder_style": "official",
             "classification_head": {"branch": "pet", "task": "lesion_presence"},
         },
     },
@@ -546,6 +644,7 @@ PRESETS: dict[str, dict] = {
             **_AUTOPET,
             "branches": [_CT_REC, _PET_SEG],
             "bottleneck_decoder": _PET_REC_DECODER,
+            "bottleneck_decoder_style": "official",
             "classification_head": {"branch": "pet", "task": "diagnosis", "class_names": AUTOPET_DIAGNOSES},
         },
     },
@@ -603,6 +702,7 @@ PRESETS: dict[str, dict] = {
             "modalities": ["flair", "t1gd"],
             "branches": [_FLAIR_EDEMA, _T1GD_CORE],
             "bottleneck_decoder": {"task": "segmentation", "classes": [[1, 2, 3]]},
+            "bottleneck_decoder_style": "official",
             "final_mask_rule": "union",
             "final_mask_branches": ["flair", "t1gd"],
         },
@@ -617,6 +717,7 @@ PRESETS: dict[str, dict] = {
                 {"name": "t1gd", "inputs": ["t1gd"], "task": "segmentation", "classes": [[1], [2], [3]]},
             ],
             "bottleneck_decoder": {"task": "reconstruction", "targets": ["t1gd"]},
+            "bottleneck_decoder_style": "official",
             "final_mask_branches": ["t1gd"],
         },
     },

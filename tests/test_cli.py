@@ -15,7 +15,7 @@ def test_presets_lists_every_preset_with_tasks_and_parameter_count(capsys):
     text = capsys.readouterr().out
     for name in PRESETS:
         assert f"{name}  (" in text
-    assert "autopet-v3  (7.95 M parameters; inputs: ct, pet)" in text
+    assert "autopet-v3  (8.09 M parameters; inputs: ct, pet)" in text
     assert "- branch `pet` [pet]: segmentation of lesion" in text
     assert "- classification head [bottleneck of `pet`]: lesion presence" in text
 

@@ -39,6 +39,7 @@ def test_paper_variants_have_the_reference_tasks():
     assert v1.bottleneck_decoder is None and v1.classification_head is None
     v2 = MirrorUNetConfig.from_preset("autopet-v2")
     assert v2.bottleneck_decoder == {"task": "reconstruction", "targets": ["pet"]}
+    assert v2.bottleneck_decoder_style == "official" and MirrorUNetConfig().bottleneck_decoder_style == "light"
     v3 = MirrorUNetConfig.from_preset("autopet-v3")
     assert v3.classification_head == {"branch": "pet", "task": "lesion_presence"}
     assert v3.final_mask_rule == "branch" and v3.final_mask_branches == ["pet"]
@@ -103,6 +104,29 @@ def _branch(name, task="segmentation", **extra):
             r"reads branch 'mri'; expected one of: ct, pet",
         ),
         ({"bottleneck_decoder": {"task": "denoise"}}, r"task 'denoise'; expected one of: segmentation, reconstruction"),
+        (
+            {"bottleneck_decoder_style": "heavy"},
+            r"`bottleneck_decoder_style` is 'heavy'; expected one of: light, official",
+        ),
+        ({"dice_reduction": "global"}, r"`dice_reduction` is 'global'; expected one of: sample, batch"),
+        ({"reconstruction_reduction": "max"}, r"`reconstruction_reduction` is 'max'; expected one of: sum, mean"),
+        ({"dice_weight": -0.5}, r"`dice_weight` is -0.5; loss weights must be >= 0"),
+        (
+            {"classification_head": {"branch": "pet", "task": "lesion_presence", "pooling": "max"}},
+            r"pooling 'max'; expected one of: global, flatten",
+        ),
+        ({"classification_target": "study"}, r"'study' is the target of a lesion-presence head; this config has no"),
+        ({"fusion_loss": "fused"}, r"`fusion_loss` 'fused' is a decision-fusion setting; it needs `final_mask_rule`"),
+        (
+            {
+                "branches": [_branch("ct"), _branch("pet")],
+                "final_mask_rule": "mean_logits",
+                "final_mask_branches": ["ct", "pet"],
+                "fusion_weights": [0.2, 0.2],
+                "fusion_parametrisation": "scalar",
+            },
+            r"'scalar' takes two final-mask branches weighted w and 1 - w; `fusion_weights` is \[0.2, 0.2\]",
+        ),
     ],
 )
 def test_bad_config_values_raise_naming_the_value(kwargs, message):

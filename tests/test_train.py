@@ -29,12 +29,12 @@ def phantom_dir(tmp_path_factory):
     return folder
 
 
-def common(phantom_dir, tmp_path, norm="instance", preset="autopet-v2"):
+def common(phantom_dir, tmp_path, norm="instance", preset="autopet-v2", **model):
     return [
         "--preset",
         preset,
         "--model_overrides",
-        json.dumps({"channels": [4, 8, 16, 32, 64], "norm": norm}),
+        json.dumps({"channels": [4, 8, 16, 32, 64], "norm": norm, **model}),
         "--patch_size",
         "32",
         "32",
@@ -98,11 +98,11 @@ def max_difference(a, b):
     return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
 
 
-def two_process_difference(phantom_dir, tmp_path, norm):
+def two_process_difference(phantom_dir, tmp_path, norm, **model):
     # SGD: Adam divides by sqrt(v) + eps, which turns float-summation noise in parameters whose exact
     # gradient is zero (conv biases right before a norm) into steps of ~lr·noise/eps; measured with Adam
     # at lr 1e-3 the same runs differ by 0.8e-4 to 3e-4, all of it in those parameters' neighbourhood.
-    base = common(phantom_dir, tmp_path, norm=norm) + [
+    base = common(phantom_dir, tmp_path, norm=norm, **model) + [
         "--max_steps",
         "4",
         "--checkpointing_steps",
@@ -139,6 +139,97 @@ def test_two_processes_with_half_batches_match_one_process(phantom_dir, tmp_path
     """Instance norm is per sample and the losses are per-sample means, so DDP's averaged gradients equal
     the full-batch gradients up to float summation order."""
     assert two_process_difference(phantom_dir, tmp_path, "instance") < 1e-5
+
+
+@pytest.mark.slow
+def test_batch_dice_pools_the_global_batch_so_two_processes_match_one(phantom_dir, tmp_path):
+    """The official recipe's loss settings (batch Dice, Dice and CE weighted 0.5, one MSE over the
+    reconstructions) through train.py with two processes. On these phantoms a Dice pooled per process moves
+    the weights by only ~2e-6 in 4 steps, so the gradient test below is the one that detects missing pooling."""
+    assert (
+        two_process_difference(
+            phantom_dir,
+            tmp_path,
+            "instance",
+            dice_reduction="batch",
+            dice_weight=0.5,
+            ce_weight=0.5,
+            reconstruction_reduction="mean",
+        )
+        < 1e-5
+    )
+
+
+GRADIENT_SCRIPT = """
+import sys
+import torch
+import torch.distributed as dist
+sys.path.insert(0, sys.argv[3])
+from test_train import dice_batch, dice_model
+from mirror_unet_hf.training.loop import global_sum
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+model = dice_model()
+if sys.argv[1] == "pooled":
+    model.dice_sum_reducer = global_sum
+x, labels = dice_batch()
+model(x[2 * rank : 2 * rank + 2], labels=labels[2 * rank : 2 * rank + 2]).loss.backward()
+grads = torch.cat([p.grad.flatten() for p in model.parameters()])
+dist.all_reduce(grads)  # what DDP does with the gradients: their mean over the processes
+if rank == 0:
+    torch.save(grads / 2, sys.argv[2])
+dist.destroy_process_group()
+"""
+
+
+def dice_model():
+    from mirror_unet_hf import MirrorUNetConfig, MirrorUNetModel
+
+    torch.manual_seed(0)
+    config = MirrorUNetConfig.from_preset(
+        "autopet-v1", channels=[4, 8, 16, 32, 64], norm="instance", dice_reduction="batch", ce_weight=0.0
+    )
+    return MirrorUNetModel(config)
+
+
+def dice_batch():
+    """Four samples, lesions only in the first two: a Dice pooled per process differs from the global one."""
+    x = torch.rand(4, 2, 32, 32, 32, generator=torch.Generator().manual_seed(1))
+    labels = torch.zeros(4, 32, 32, 32, dtype=torch.long)
+    labels[0, 4:20, 4:20, 4:20] = 1
+    labels[1, 8:16, 8:24, 8:16] = 1
+    return x, labels
+
+
+@pytest.mark.parametrize("mode", ["pooled", "local"])
+def test_batch_dice_gradients_of_two_processes_are_the_whole_batch_gradients_only_when_pooled(tmp_path, mode):
+    """`global_sum` (a differentiable all-reduce) makes two processes' averaged gradients equal the gradient of
+    the whole-batch Dice; without it each process pools only its half, which changes the gradient."""
+    model = dice_model()
+    x, labels = dice_batch()
+    model(x, labels=labels).loss.backward()
+    expected = torch.cat([p.grad.flatten() for p in model.parameters()])
+    script = tmp_path / "grads.py"
+    script.write_text(GRADIENT_SCRIPT)
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+    ]
+    command = torchrun + [str(script), mode, str(tmp_path / "grads.pt"), str(Path(__file__).parent)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=train_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = torch.load(tmp_path / "grads.pt")
+    relative = ((got - expected).norm() / expected.norm()).item()
+    if mode == "pooled":
+        assert relative < 1e-5
+    else:
+        assert relative > 1e-3
 
 
 @pytest.mark.slow

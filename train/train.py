@@ -48,6 +48,7 @@ from mirror_unet_hf.training.loop import (
     is_due,
     make_optimizer,
     make_scheduler,
+    pool_dice_over_processes,
 )
 
 
@@ -126,6 +127,7 @@ def train(args: TrainingArguments) -> int:
     loader = patch_loader(args, train_set)
 
     model = MirrorUNetModel(config)
+    pool_dice_over_processes(model, accelerator)
     if args.sync_batchnorm and accelerator.num_processes > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = make_optimizer(args, model.parameters())

@@ -241,38 +241,63 @@ class MirrorUNetBranch(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
+class MirrorUNetBottleneckDecoderBlock(nn.Module):
+    """One up-block of the official bottleneck decoder: transposed conv → norm → act, then a one-sub-unit
+    residual unit (normalised and activated in every block, the last one included)."""
+
+    def __init__(self, config, in_channels, out_channels, stride):
+        super().__init__()
+        self.up = MirrorUNetConvNormAct(
+            config, in_channels, out_channels, config.up_kernel_size, stride, transposed=True
+        )
+        self.unit = MirrorUNetResidualUnit(config, out_channels, out_channels, 1, subunits=1)
+
+    def forward(self, x):
+        return self.unit(self.up(x))
+
+
 class MirrorUNetBottleneckDecoder(nn.Module):
     """Decoder without skips on the concatenated bottleneck tensors of all branches
-    (N × 256 → 64 → 32 → 16 → out with the default widths); the last block emits raw values."""
+    (N × 256 → 64 → 32 → 16 → out with the default widths).
+
+    `config.bottleneck_decoder_style` `"official"`: `MirrorUNetBottleneckDecoderBlock`s, as the authors' code;
+    `"light"`: one transposed conv + norm + act per block, the last block emitting raw values.
+    """
 
     def __init__(self, config: MirrorUNetConfig, out_channels: int):
         super().__init__()
         c, levels = config.channels, len(config.strides)
         widths = [len(config.branches) * c[-1]] + [c[k - 1] for k in range(levels - 1, 0, -1)] + [out_channels]
-        self.blocks = nn.Sequential(
-            *[
-                MirrorUNetConvNormAct(
-                    config,
-                    widths[i],
-                    widths[i + 1],
-                    config.up_kernel_size,
-                    config.strides[levels - 1 - i],
-                    transposed=True,
-                    conv_only=i == levels - 1,
+        blocks = []
+        for i in range(levels):
+            stride = config.strides[levels - 1 - i]
+            if config.bottleneck_decoder_style == "official":
+                blocks.append(MirrorUNetBottleneckDecoderBlock(config, widths[i], widths[i + 1], stride))
+            else:
+                blocks.append(
+                    MirrorUNetConvNormAct(
+                        config,
+                        widths[i],
+                        widths[i + 1],
+                        config.up_kernel_size,
+                        stride,
+                        transposed=True,
+                        conv_only=i == levels - 1,
+                    )
                 )
-                for i in range(levels)
-            ]
-        )
+        self.blocks = nn.Sequential(*blocks)
 
     def forward(self, bottlenecks: list[torch.Tensor]) -> torch.Tensor:
         return self.blocks(torch.cat(bottlenecks, dim=1))
 
 
 class MirrorUNetClassificationHead(nn.Module):
-    """Global average pooling of one branch's bottleneck → Linear → ReLU → Dropout → Linear.
+    """One branch's bottleneck → features → Linear → ReLU → Dropout → Linear.
 
-    Pooling (instead of the official code's flatten of a 1-channel 6×6×6 map) makes the head
-    independent of the patch size, so one checkpoint serves patches and whole volumes alike.
+    `pooling` `"global"` (default): the features are the bottleneck averaged over space, so the head takes
+    any patch or window size. `"flatten"` (the official v3 head): a 1×1×1 conv to one channel + norm + act,
+    flattened — `prod(patch_size / total_stride)` features (216 for 96³), so only inputs of exactly
+    `config.patch_size` fit.
     """
 
     def __init__(self, config: MirrorUNetConfig):
@@ -280,20 +305,39 @@ class MirrorUNetClassificationHead(nn.Module):
         head = config.classification_head
         out = 1 if head["task"] == "lesion_presence" else len(head["class_names"])
         hidden = int(head.get("hidden_size", 256))
+        self.map_shape = None
+        self.total_stride = config.total_stride
+        features = config.channels[-1]
+        if head.get("pooling", "global") == "flatten":
+            self.map_shape = tuple(p // config.total_stride for p in config.patch_size)
+            self.reduce = MirrorUNetConvNormAct(config, config.channels[-1], 1, 1)
+            features = math.prod(self.map_shape)
         self.mlp = nn.Sequential(
-            nn.Linear(config.channels[-1], hidden),
+            nn.Linear(features, hidden),
             nn.ReLU(),
             nn.Dropout(float(head.get("dropout", 0.5))),
             nn.Linear(hidden, out),
         )
 
     def forward(self, bottleneck: torch.Tensor) -> torch.Tensor:
-        return self.mlp(bottleneck.mean(dim=(2, 3, 4)))
+        if self.map_shape is None:
+            return self.mlp(bottleneck.mean(dim=(2, 3, 4)))
+        if tuple(bottleneck.shape[2:]) != self.map_shape:
+
+            def size(shape):
+                return "×".join(str(n * self.total_stride) for n in shape)
+
+            raise ValueError(
+                f"the classification head (pooling 'flatten') takes inputs of config.patch_size "
+                f"{size(self.map_shape)}; got {size(bottleneck.shape[2:])}. Run it on patch_size windows, leave "
+                "'classification' out of `parts`, or use a head with pooling 'global'"
+            )
+        return self.mlp(self.reduce(bottleneck).flatten(1))
 
 
 # ---------------------------------------------------------------------------------------------
-# Losses (per sample, then averaged, so that data-parallel training with averaged gradients
-# reproduces single-process training)
+# Losses. Per-sample means by default, so that data-parallel training with averaged gradients
+# reproduces single-process training; a batch-pooled Dice does so through `dice_sum_reducer`.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -305,16 +349,43 @@ def class_targets(labels: torch.Tensor, classes: list[list[int]]) -> torch.Tenso
     return target
 
 
-def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
-    """Soft Dice over the foreground classes (per sample and class, then mean) + cross-entropy."""
-    logits = logits.float()
-    probs = logits.softmax(dim=1)[:, 1:]
-    onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1)[:, 1:].to(probs.dtype)
+def dice_sums(logits: torch.Tensor, target: torch.Tensor, include_background: bool = False):
+    """Soft-Dice statistics per sample and class: `(intersection, denominator)`, each `(B, C)`, with
+    C the foreground classes (all classes with `include_background`). The softmax spans all classes."""
+    probs = logits.float().softmax(dim=1)
+    onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1).to(probs.dtype)
+    if not include_background:
+        probs, onehot = probs[:, 1:], onehot[:, 1:]
     dims = tuple(range(2, logits.ndim))
-    intersection = (probs * onehot).sum(dims)
-    denominator = probs.sum(dims) + onehot.sum(dims)
+    return (probs * onehot).sum(dims), probs.sum(dims) + onehot.sum(dims)
+
+
+def dice_ce_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    smooth: float = 1e-5,
+    *,
+    dice_weight: float = 1.0,
+    ce_weight: float = 1.0,
+    reduction: str = "sample",
+    include_background: bool = False,
+    sum_reducer=None,
+) -> torch.Tensor:
+    """`dice_weight` · soft Dice + `ce_weight` · cross-entropy.
+
+    `reduction` `"sample"`: Dice per sample and class, then the mean. `"batch"`: intersection and denominator
+    summed over the batch first (MONAI's `DiceLoss(batch=True)`), then passed through `sum_reducer` — e.g. a
+    differentiable all-reduce (sum) over data-parallel processes, so the Dice pools the global batch.
+    """
+    logits = logits.float()
+    intersection, denominator = dice_sums(logits, target, include_background)
+    if reduction == "batch":
+        sums = torch.stack([intersection.sum(0), denominator.sum(0)])
+        if sum_reducer is not None:
+            sums = sum_reducer(sums)
+        intersection, denominator = sums[0], sums[1]
     dice = 1.0 - (2.0 * intersection + smooth) / (denominator + smooth)
-    return dice.mean() + F.cross_entropy(logits, target)
+    return dice_weight * dice.mean() + ce_weight * F.cross_entropy(logits, target)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -414,7 +485,14 @@ class MirrorUNetPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.PReLU):
             init.constant_(module.weight, 0.25)
         elif isinstance(module, MirrorUNetModel) and module.fusion_weights is not None:
-            init.copy_(module.fusion_weights, torch.tensor(self.config.fusion_weights, dtype=torch.float32))
+            init.copy_(module.fusion_weights, initial_fusion_weights(self.config))
+
+
+def initial_fusion_weights(config: MirrorUNetConfig) -> torch.Tensor:
+    """The learnable decision-fusion parameter at initialisation: one weight per branch, or (with
+    `fusion_parametrisation` `"scalar"`) the first branch's weight w alone (the second gets 1 − w)."""
+    weights = config.fusion_weights[:1] if config.fusion_parametrisation == "scalar" else config.fusion_weights
+    return torch.tensor(weights, dtype=torch.float32)
 
 
 class MirrorUNetModel(MirrorUNetPreTrainedModel):
@@ -427,7 +505,10 @@ class MirrorUNetModel(MirrorUNetPreTrainedModel):
     `labels` is `(B, D, H, W)` with integer values of the dataset's label map (`config.label_names`);
     the model maps them to each branch's own target (e.g. BrainTumour edema = label 1, tumour core =
     labels 2 and 3), and reconstruction targets are the inputs themselves. `class_labels` `(B,)` are
-    diagnosis indices for a diagnosis head; a lesion-presence head derives its target from `labels`.
+    diagnosis indices for a diagnosis head; a lesion-presence head derives its target from `labels` (or, with
+    `config.classification_target="study"`, from `class_labels`). `dice_sum_reducer` (default None) is the hook
+    a data-parallel training loop sets to a differentiable all-reduce (sum) so that a `dice_reduction="batch"`
+    Dice pools the global batch.
 
     Example:
 
@@ -456,8 +537,11 @@ class MirrorUNetModel(MirrorUNetPreTrainedModel):
         self.classification_head = MirrorUNetClassificationHead(config) if config.classification_head else None
         self.fusion_weights = None
         if config.final_mask_rule == "mean_logits" and config.learnable_fusion_weights:
-            self.fusion_weights = nn.Parameter(torch.tensor(config.fusion_weights, dtype=torch.float32))
+            self.fusion_weights = nn.Parameter(initial_fusion_weights(config))
         self._input_index = {m: i for i, m in enumerate(config.modalities)}
+        # Set by a data-parallel training loop to a differentiable all-reduce (sum), so that a
+        # `dice_reduction="batch"` Dice pools the global batch; None pools the local batch.
+        self.dice_sum_reducer = None
         self.post_init()
 
     def save_pretrained(self, *args, **kwargs):
@@ -504,6 +588,12 @@ class MirrorUNetModel(MirrorUNetPreTrainedModel):
                     f"({', '.join(config.label_names)})"
                 )
         head = config.classification_head
+        study_target = class_labels is not None and config.classification_target == "study"
+        if study_target and (class_labels.shape != (pixel_values.shape[0],) or bool((class_labels < -1).any())):
+            raise ValueError(
+                f"class_labels {class_labels.tolist()} must have shape ({pixel_values.shape[0]},) with values > 0 "
+                "(lesion-positive study), 0 (negative) or -1 (unknown)"
+            )
         if class_labels is not None and head is not None and head["task"] == "diagnosis":
             n = len(head["class_names"])
             if class_labels.shape != (pixel_values.shape[0],):
@@ -528,12 +618,7 @@ class MirrorUNetModel(MirrorUNetPreTrainedModel):
         if config.final_mask_rule == "branch":
             return chosen[0]
         if config.final_mask_rule == "mean_logits":
-            if self.fusion_weights is not None:
-                w = self.fusion_weights.clamp(0.0, 1.0)
-                w = w / w.sum().clamp_min(1e-6)
-            else:
-                w = torch.tensor(config.fusion_weights, dtype=chosen[0].dtype, device=chosen[0].device)
-            return sum(w[i] * logits for i, logits in enumerate(chosen))
+            return sum(w * logits for w, logits in zip(self.fusion_weight_values(chosen[0]), chosen, strict=True))
         # union: background score 0, class c of branch i scores log p_i(c) - log p_i(background);
         # the argmax is foreground exactly when some branch's own argmax is foreground.
         scores = [torch.zeros_like(chosen[0][:, :1])]
@@ -541,6 +626,18 @@ class MirrorUNetModel(MirrorUNetPreTrainedModel):
             log_p = logits.float().log_softmax(dim=1)
             scores.append((log_p[:, 1:] - log_p[:, :1]).to(logits.dtype))
         return torch.cat(scores, dim=1)
+
+    def fusion_weight_values(self, like: torch.Tensor) -> list[torch.Tensor]:
+        """The `"mean_logits"` weight of each final-mask branch as it enters the forward pass."""
+        config = self.config
+        if self.fusion_weights is None:
+            fixed = torch.tensor(config.fusion_weights, dtype=like.dtype, device=like.device)
+            return list(fixed)
+        w = self.fusion_weights.clamp(0.0, 1.0)
+        if config.fusion_parametrisation == "scalar":
+            return [w[0], 1.0 - w[0]]
+        w = w / w.sum().clamp_min(1e-6)
+        return list(w)
 
     # ------------------------------------------------------------------ forward
 
@@ -622,53 +719,82 @@ class MirrorUNetModel(MirrorUNetPreTrainedModel):
             loss_terms=terms,
         )
 
+    def segmentation_loss(self, logits: torch.Tensor, labels: torch.Tensor, classes: list[list[int]]) -> torch.Tensor:
+        """Dice + CE of `logits` against the dataset `labels` mapped onto `classes`, as the config asks
+        (`dice_weight`, `ce_weight`, `dice_reduction`, `include_background`)."""
+        config = self.config
+        return dice_ce_loss(
+            logits,
+            class_targets(labels, classes),
+            dice_weight=config.dice_weight,
+            ce_weight=config.ce_weight,
+            reduction=config.dice_reduction,
+            include_background=config.include_background,
+            sum_reducer=self.dice_sum_reducer,
+        )
+
     def _loss(self, pixel_values, labels, class_labels, branch_outputs, bottleneck_out, cls_logits):
         config = self.config
         terms: dict[str, torch.Tensor] = {}
         weighted = []
+        reconstructions = []  # (term key, number of reconstructed values), for `reconstruction_reduction`
 
-        def reconstruction(output, targets):
+        def reconstruction(key, output, targets):
             target = pixel_values[:, [self._input_index[m] for m in targets]]
-            return F.mse_loss(output.float(), target.float())
+            terms[key] = F.mse_loss(output.float(), target.float())
+            reconstructions.append((key, output.numel()))
+            if config.reconstruction_reduction == "sum":
+                weighted.append(config.lambda_rec * terms[key])
 
+        fused_only = config.final_mask_rule == "mean_logits" and config.fusion_loss == "fused"
         for spec in config.branches:
             name = spec["name"]
             if spec["task"] == "segmentation":
-                terms[f"{name}/segmentation"] = dice_ce_loss(
-                    branch_outputs[name], class_targets(labels, spec["classes"])
-                )
-                weighted.append(config.lambda_seg * terms[f"{name}/segmentation"])
+                terms[f"{name}/segmentation"] = self.segmentation_loss(branch_outputs[name], labels, spec["classes"])
+                if not (fused_only and name in config.final_mask_branches):
+                    weighted.append(config.lambda_seg * terms[f"{name}/segmentation"])
             elif spec["task"] == "reconstruction":
-                terms[f"{name}/reconstruction"] = reconstruction(branch_outputs[name], spec["targets"])
-                weighted.append(config.lambda_rec * terms[f"{name}/reconstruction"])
-        if self.fusion_weights is not None:
+                reconstruction(f"{name}/reconstruction", branch_outputs[name], spec["targets"])
+        if self.fusion_weights is not None or fused_only:
             # Learnable decision-fusion weights only receive gradients through the fused logits.
             fused = self.combine_final_logits(branch_outputs)
-            terms["final/segmentation"] = dice_ce_loss(fused, class_targets(labels, config.final_label_groups))
+            terms["final/segmentation"] = self.segmentation_loss(fused, labels, config.final_label_groups)
             weighted.append(config.lambda_seg * terms["final/segmentation"])
         if bottleneck_out is not None:
             d = config.bottleneck_decoder
             if d["task"] == "segmentation":
-                terms["bottleneck_decoder/segmentation"] = dice_ce_loss(
-                    bottleneck_out, class_targets(labels, d["classes"])
-                )
+                terms["bottleneck_decoder/segmentation"] = self.segmentation_loss(bottleneck_out, labels, d["classes"])
                 weighted.append(config.lambda_seg * terms["bottleneck_decoder/segmentation"])
             else:
-                terms["bottleneck_decoder/reconstruction"] = reconstruction(bottleneck_out, d["targets"])
-                weighted.append(config.lambda_rec * terms["bottleneck_decoder/reconstruction"])
+                reconstruction("bottleneck_decoder/reconstruction", bottleneck_out, d["targets"])
+        if config.reconstruction_reduction == "mean" and reconstructions:
+            # one MSE over all reconstructed values: each term weighted by its share of them
+            total = sum(n for _, n in reconstructions)
+            weighted.append(config.lambda_rec * sum(terms[key] * (n / total) for key, n in reconstructions))
         if cls_logits is not None:
-            head = config.classification_head
-            if head["task"] == "lesion_presence":
-                target = (labels > 0).flatten(1).any(dim=1).to(cls_logits.dtype)
-                terms["classification"] = F.binary_cross_entropy_with_logits(cls_logits[:, 0].float(), target.float())
-            elif class_labels is not None:
-                # -1 (unknown diagnosis) is left out; an all-unknown batch contributes zero.
-                per_sample = F.cross_entropy(cls_logits.float(), class_labels.clamp_min(0), reduction="none")
-                known = (class_labels >= 0).float()
-                terms["classification"] = (per_sample * known).sum() / labels.shape[0]
-            if "classification" in terms:
-                weighted.append(config.lambda_cls * terms["classification"])
+            classification = self._classification_loss(cls_logits, labels, class_labels)
+            if classification is not None:
+                terms["classification"] = classification
+                weighted.append(config.lambda_cls * classification)
         return torch.stack(weighted).sum(), terms
+
+    def _classification_loss(self, cls_logits, labels, class_labels) -> torch.Tensor | None:
+        """BCE of a lesion-presence head (patch target from `labels`, or study target from `class_labels`) or
+        cross-entropy of a diagnosis head; None when the targets it needs are not given."""
+        config = self.config
+        if config.classification_head["task"] == "lesion_presence" and config.classification_target == "patch":
+            target = (labels > 0).flatten(1).any(dim=1).to(cls_logits.dtype)
+            return F.binary_cross_entropy_with_logits(cls_logits[:, 0].float(), target.float())
+        if class_labels is None:
+            return None
+        if config.classification_head["task"] == "lesion_presence":
+            target = (class_labels > 0).float()
+            per_sample = F.binary_cross_entropy_with_logits(cls_logits[:, 0].float(), target, reduction="none")
+        else:
+            per_sample = F.cross_entropy(cls_logits.float(), class_labels.clamp_min(0), reduction="none")
+        # -1 (unknown) is left out; an all-unknown batch contributes zero.
+        known = (class_labels >= 0).float()
+        return (per_sample * known).sum() / labels.shape[0]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Pieces of the training loop of `train/train.py`: optimizer and LR schedule, the data stream of an epoch
-(resumable mid-epoch), the Fission-only loss, loss logging windows and whole-volume validation on all
-processes."""
+(resumable mid-epoch), the Fission-only loss, the global-batch Dice of data-parallel runs, loss logging
+windows and whole-volume validation on all processes."""
 
 from __future__ import annotations
 
@@ -47,6 +47,41 @@ def epoch_batches(accelerator, loader, train_set, state: TrainerState):
     batches.set_epoch(state.epoch)
     train_set.set_epoch(state.epoch)
     return batches
+
+
+class AllReduceSum(torch.autograd.Function):
+    """Sum of a tensor over all processes, differentiable: the backward pass sums the gradients over the
+    processes too, so that after DDP averages the parameter gradients, a loss term computed from the
+    summed tensor gets exactly the gradient it would get in one process holding the whole batch."""
+
+    @staticmethod
+    def forward(ctx, tensor):
+        return summed_over_processes(tensor)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return summed_over_processes(grad)
+
+
+def summed_over_processes(tensor: torch.Tensor) -> torch.Tensor:
+    """A copy of `tensor` summed over all processes (not differentiable: `AllReduceSum` wraps it)."""
+    total = tensor.clone(memory_format=torch.contiguous_format)
+    torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM)
+    return total
+
+
+def global_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """`AllReduceSum` when several processes train, the tensor itself otherwise."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if distributed and torch.distributed.get_world_size() > 1:
+        return AllReduceSum.apply(tensor)
+    return tensor
+
+
+def pool_dice_over_processes(model, accelerator) -> None:
+    """A `dice_reduction="batch"` Dice pools the global batch: its sums go through `global_sum`."""
+    if accelerator.num_processes > 1 and model.config.dice_reduction == "batch":
+        model.dice_sum_reducer = global_sum
 
 
 def fission_only_loss(out, config, step: int, seed: int):
