@@ -42,11 +42,13 @@ def phantom_dir(tmp_path_factory):
 
 
 def arguments(phantom_dir: Path, cache: Path, output: Path) -> list[str]:
-    """The small settings of tests/test_train.py; every launch asks to resume, as a pre-emptible job would."""
+    """The small settings of tests/test_train.py with what makes a resume hard: DataLoader workers, dropout (the
+    autopet-v3 classification head) and augmentation; every launch asks to resume, as a pre-emptible job would."""
     return [
-        "--preset", "autopet-v2", "--model_overrides", json.dumps({"channels": [4, 8, 16, 32, 64], "norm": "instance"}),
+        "--preset", "autopet-v3", "--model_overrides", json.dumps({"channels": [4, 8, 16, 32, 64], "norm": "instance"}),
         "--patch_size", "32", "32", "32", "--data_dir", str(phantom_dir), "--cache_dir", str(cache),
-        "--eval_steps", "100", "--num_workers", "0", "--report_to", "none", "--lr_decay_every", "100",
+        "--eval_steps", "100", "--num_workers", "2", "--augment", "spatial", "--report_to", "none",
+        "--lr_decay_every", "100",
         "--max_steps", "24", "--checkpointing_steps", "4", "--checkpoints_total_limit", "2",
         "--per_device_train_batch_size", "2", "--output_dir", str(output), "--resume_from_checkpoint", "latest",
     ]
