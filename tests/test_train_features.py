@@ -217,7 +217,7 @@ def test_run_uses_accelerate_launch_precision_starts_from_base_clips_and_logs_nu
     assert result.returncode == 0, result.stderr[-3000:]
     header = result.stdout + result.stderr
     assert f"preset        autopet-v3, starting from {base}" in header
-    assert "precision     bf16, gradient checkpointing, gradient norm clipped to 1e-09" in header
+    assert "precision     bf16 mixed precision, gradient checkpointing, gradient norm clipped to 1e-09" in header
     assert "augmentation spatial+intensity" in header and "2 DataLoader worker(s)" in header
     recorded = json.loads((out / "final" / "training_args.json").read_text())
     assert (recorded["mixed_precision"], recorded["base_model"]) == ("bf16", None)

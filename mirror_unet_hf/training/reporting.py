@@ -21,7 +21,8 @@ def tracker_config(args: TrainingArguments) -> dict:
 
 
 def run_header(run_info: dict, parameters: int, precision: str, device: str) -> str:
-    """The lines printed when a run starts, from `training_run_info`'s record of the run."""
+    """The lines printed when a run starts, from `training_run_info`'s record of the run; `precision` is
+    Accelerate's `mixed_precision` ("no", "bf16" or "fp16")."""
     base = run_info.get("model_name_or_path")
     data = "phantoms in " if run_info["phantoms"] else ""
     batch = (
@@ -37,7 +38,7 @@ def run_header(run_info: dict, parameters: int, precision: str, device: str) -> 
         f"patches       {run_info['patches_per_volume']} per study, augmentation {run_info['augment']}",
         f"batch         {batch}",
         f"processes     {run_info['num_processes']} on {device}, {run_info['num_workers']} DataLoader worker(s) each",
-        f"precision     {precision}"
+        f"precision     {'fp32' if precision == 'no' else precision + ' mixed precision'}"
         + (", gradient checkpointing" if run_info["gradient_checkpointing"] else "")
         + (f", gradient norm clipped to {run_info['max_grad_norm']}" if run_info["max_grad_norm"] else ""),
         f"optimisation  {run_info['optimizer']}, lr {run_info['learning_rate']}, {run_info['max_steps']} updates, "
