@@ -45,23 +45,59 @@ def arguments(phantom_dir: Path, cache: Path, output: Path) -> list[str]:
     """The small settings of tests/test_train.py with what makes a resume hard: DataLoader workers, dropout (the
     autopet-v3 classification head) and augmentation; every launch asks to resume, as a pre-emptible job would."""
     return [
-        "--preset", "autopet-v3", "--model_overrides", json.dumps({"channels": [4, 8, 16, 32, 64], "norm": "instance"}),
-        "--patch_size", "32", "32", "32", "--data_dir", str(phantom_dir), "--cache_dir", str(cache),
-        "--eval_steps", "100", "--num_workers", "2", "--augment", "spatial", "--report_to", "none",
-        "--lr_decay_every", "100",
-        "--max_steps", "24", "--checkpointing_steps", "4", "--checkpoints_total_limit", "2",
-        "--per_device_train_batch_size", "2", "--output_dir", str(output), "--resume_from_checkpoint", "latest",
+        "--preset",
+        "autopet-v3",
+        "--model_overrides",
+        json.dumps({"channels": [4, 8, 16, 32, 64], "norm": "instance"}),
+        "--patch_size",
+        "32",
+        "32",
+        "32",
+        "--data_dir",
+        str(phantom_dir),
+        "--cache_dir",
+        str(cache),
+        "--eval_steps",
+        "100",
+        "--num_workers",
+        "2",
+        "--augment",
+        "spatial",
+        "--report_to",
+        "none",
+        "--lr_decay_every",
+        "100",
+        "--max_steps",
+        "24",
+        "--checkpointing_steps",
+        "4",
+        "--checkpoints_total_limit",
+        "2",
+        "--per_device_train_batch_size",
+        "2",
+        "--output_dir",
+        str(output),
+        "--resume_from_checkpoint",
+        "latest",
     ]
 
 
 def launch(args: list[str], log: Path) -> subprocess.Popen:
     # one intra-op thread: on a shared 2-core machine two threads per process spin against other load
     # (measured: 6 steps in 1.3 s with one thread, 30 s with two); both runs use the same setting
-    env = {**os.environ, "HF_HOME": os.environ.get("HF_HOME", "/tmp/hf-home-tests"),
-           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    env = {
+        **os.environ,
+        "HF_HOME": os.environ.get("HF_HOME", "/tmp/hf-home-tests"),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+    }
     with open(log, "w") as stream:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen([sys.executable, str(SCRIPT), *args], stdout=stream, stderr=subprocess.STDOUT,
-                                env=env, start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, str(SCRIPT), *args],
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
 
 
 def kill(process: subprocess.Popen) -> None:
@@ -86,7 +122,9 @@ def latest_complete(output: Path) -> int | None:
         return None
     step = max(found)
     names = {p.name for p in found[step].iterdir()}
-    assert {"trainer_state.json", "model.safetensors", "optimizer.bin"} <= names, f"{found[step]} is incomplete: {names}"
+    assert {"trainer_state.json", "model.safetensors", "optimizer.bin"} <= names, (
+        f"{found[step]} is incomplete: {names}"
+    )
     assert json.loads((found[step] / "trainer_state.json").read_text())["step"] == step
     return step
 
@@ -154,7 +192,11 @@ def test_repeated_sigkill_then_resume_latest_gives_the_uninterrupted_weights(pha
         tried(f"train.py SIGKILL ({where})")
         source = resumed_from(log)
         if source is not None:  # it got far enough to resume: from the newest complete checkpoint
-            assert expected is not None and Path(source) == output / "checkpoints" / f"step_{expected}", (source, expected, context)
+            assert expected is not None and Path(source) == output / "checkpoints" / f"step_{expected}", (
+                source,
+                expected,
+                context,
+            )
         latest_complete(output)
         assert not (output / "final").exists() or where == "finished before the kill", context
 
@@ -172,7 +214,9 @@ def test_repeated_sigkill_then_resume_latest_gives_the_uninterrupted_weights(pha
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, f"{len(different)} tensors differ after kills at {history} {context}"
     assert staging_folders(output) == [], "a finished run leaves no staging folder"
-    assert "inside a checkpoint write" in history or KILLS < 2, f"no kill landed inside a checkpoint write: {history} {context}"
+    assert "inside a checkpoint write" in history or KILLS < 2, (
+        f"no kill landed inside a checkpoint write: {history} {context}"
+    )
 
 
 def test_checkpoints_hold_nothing_that_resume_unpickles_without_weights_only(straight_run):

@@ -31,23 +31,46 @@ def phantom_dir(tmp_path_factory):
 
 def common(phantom_dir, tmp_path, norm="instance", preset="autopet-v2"):
     return [
-        "--preset", preset, "--model_overrides", json.dumps({"channels": [4, 8, 16, 32, 64], "norm": norm}),
-        "--patch_size", "32", "32", "32", "--data_dir", str(phantom_dir), "--cache_dir", str(tmp_path / "cache"),
-        "--eval_steps", "100", "--num_workers", "0", "--report_to", "none", "--lr_decay_every", "100",
+        "--preset",
+        preset,
+        "--model_overrides",
+        json.dumps({"channels": [4, 8, 16, 32, 64], "norm": norm}),
+        "--patch_size",
+        "32",
+        "32",
+        "32",
+        "--data_dir",
+        str(phantom_dir),
+        "--cache_dir",
+        str(tmp_path / "cache"),
+        "--eval_steps",
+        "100",
+        "--num_workers",
+        "0",
+        "--report_to",
+        "none",
+        "--lr_decay_every",
+        "100",
     ]
 
 
 def train_env(extra=None) -> dict:
     # One thread per process: on a shared 2-core machine spinning OpenMP threads make 6 steps take 30 s.
     # Runs that are compared must use the same thread count (it changes float summation order).
-    return {"OMP_NUM_THREADS": "1", **os.environ, "HF_HOME": os.environ.get("HF_HOME", "/tmp/hf-home-tests"), **(extra or {})}
+    return {
+        "OMP_NUM_THREADS": "1",
+        **os.environ,
+        "HF_HOME": os.environ.get("HF_HOME", "/tmp/hf-home-tests"),
+        **(extra or {}),
+    }
 
 
 def run(args, env=None, timeout=600, launcher=None):
     """Run train.py in its own process group; on timeout the whole group (torchrun's workers too) is killed."""
     command = (launcher or [sys.executable]) + [str(SCRIPT), *args]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=train_env(env),
-                               start_new_session=True)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=train_env(env), start_new_session=True
+    )
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -64,7 +87,11 @@ def free_port() -> int:
 
 
 def weights(folder):
-    return {k: v for k, v in load_file(folder / "model.safetensors").items() if "running" not in k and "num_batches" not in k}
+    return {
+        k: v
+        for k, v in load_file(folder / "model.safetensors").items()
+        if "running" not in k and "num_batches" not in k
+    }
 
 
 def max_difference(a, b):
@@ -76,10 +103,29 @@ def two_process_difference(phantom_dir, tmp_path, norm):
     # gradient is zero (conv biases right before a norm) into steps of ~lr·noise/eps; measured with Adam
     # at lr 1e-3 the same runs differ by 0.8e-4 to 3e-4, all of it in those parameters' neighbourhood.
     base = common(phantom_dir, tmp_path, norm=norm) + [
-        "--max_steps", "4", "--checkpointing_steps", "4", "--optimizer", "sgd", "--learning_rate", "0.01"]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
-    two = run(base + ["--per_device_train_batch_size", "2", "--output_dir", str(tmp_path / f"two-{norm}")],
-              env={"ACCELERATE_USE_CPU": "1"}, launcher=torchrun)
+        "--max_steps",
+        "4",
+        "--checkpointing_steps",
+        "4",
+        "--optimizer",
+        "sgd",
+        "--learning_rate",
+        "0.01",
+    ]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+    ]
+    two = run(
+        base + ["--per_device_train_batch_size", "2", "--output_dir", str(tmp_path / f"two-{norm}")],
+        env={"ACCELERATE_USE_CPU": "1"},
+        launcher=torchrun,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     args = json.loads((tmp_path / f"two-{norm}" / "final" / "training_args.json").read_text())
     assert args["num_processes"] == 2, "torchrun must give two real processes"
@@ -107,16 +153,29 @@ def test_kill_and_resume_gives_the_weights_of_an_uninterrupted_run(phantom_dir, 
     """autopet-v3 has dropout in its classification head: the resumed run must continue the global RNG stream
     exactly (a DataLoader drawing its workers' seed from it at the resumed epoch's start once shifted it)."""
     base = common(phantom_dir, tmp_path, preset="autopet-v3") + [
-        "--max_steps", "6", "--checkpointing_steps", "2", "--per_device_train_batch_size", "2", "--seed", "5",
-        "--augment", augment]
+        "--max_steps",
+        "6",
+        "--checkpointing_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "2",
+        "--seed",
+        "5",
+        "--augment",
+        augment,
+    ]
     base[base.index("--num_workers") + 1] = workers
     straight = run(base + ["--output_dir", str(tmp_path / "straight")])
     assert straight.returncode == 0, straight.stderr[-3000:]
 
     interrupted = tmp_path / "interrupted"
-    process = subprocess.Popen([sys.executable, str(SCRIPT), *base, "--output_dir", str(interrupted)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=train_env(),
-                               start_new_session=True)  # its DataLoader workers are killed with it
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPT), *base, "--output_dir", str(interrupted)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=train_env(),
+        start_new_session=True,
+    )  # its DataLoader workers are killed with it
     deadline = time.time() + 300
     while not (interrupted / "checkpoints" / "step_2").exists() and time.time() < deadline and process.poll() is None:
         time.sleep(0.05)
@@ -134,14 +193,32 @@ def test_kill_and_resume_gives_the_weights_of_an_uninterrupted_run(phantom_dir, 
 
 def test_run_writes_best_final_checkpoints_and_metrics(phantom_dir, tmp_path):
     out = tmp_path / "run"
-    result = run(common(phantom_dir, tmp_path, preset="autopet-v3") + [
-        "--max_steps", "2", "--checkpointing_steps", "1", "--checkpoints_total_limit", "1", "--eval_steps", "2",
-        "--output_dir", str(out)])
+    result = run(
+        common(phantom_dir, tmp_path, preset="autopet-v3")
+        + [
+            "--max_steps",
+            "2",
+            "--checkpointing_steps",
+            "1",
+            "--checkpoints_total_limit",
+            "1",
+            "--eval_steps",
+            "2",
+            "--output_dir",
+            str(out),
+        ]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_2"]
     for folder in ("best", "final"):
         names = {p.name for p in (out / folder).iterdir()}
-        assert {"config.json", "model.safetensors", "modeling_mirror_unet.py", "metrics.json", "training_args.json"} <= names
+        assert {
+            "config.json",
+            "model.safetensors",
+            "modeling_mirror_unet.py",
+            "metrics.json",
+            "training_args.json",
+        } <= names
     metrics = json.loads((out / "final" / "metrics.json").read_text())
     assert metrics["task"] == "autopet" and "fpv_ml" in metrics["metrics"]
     assert json.loads((out / "final" / "training_args.json").read_text())["preset"] == "autopet-v3"
@@ -162,7 +239,9 @@ def test_bad_input_is_one_line_exit_2_and_output_untouched(phantom_dir, tmp_path
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
-    result = run(common(phantom_dir, tmp_path) + ["--output_dir", str(out), "--overwrite_output_dir", *extra], timeout=120)
+    result = run(
+        common(phantom_dir, tmp_path) + ["--output_dir", str(out), "--overwrite_output_dir", *extra], timeout=120
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
@@ -239,7 +318,9 @@ def test_every_shipped_config_parses_and_builds_its_model_config():
     from mirror_unet_hf.training import build_config, check_args, parse_args
 
     configs = sorted((ROOT / "train" / "configs").glob("*.yaml"))
-    assert {"phantoms-cpu.yaml", "autopet-v1.yaml", "autopet-v3.yaml", "brats-v1.yaml", "brats-v2-rec.yaml"} <= {c.name for c in configs}
+    assert {"phantoms-cpu.yaml", "autopet-v1.yaml", "autopet-v3.yaml", "brats-v1.yaml", "brats-v2-rec.yaml"} <= {
+        c.name for c in configs
+    }
     for path in configs:
         args = parse_args(["--config", str(path)])
         check_args(args)
@@ -252,8 +333,17 @@ def test_sweep_goes_on_past_failed_cells_lists_them_and_exits_non_zero(tmp_path)
     config.write_text("max_steps: 1\nreport_to: none\n")
     out = tmp_path / "sweep"
     # negative loss weights are refused by train.py (exit 2) before any data is touched: every cell fails fast
-    command = [sys.executable, str(ROOT / "train" / "sweep.py"), "--config", str(config), "--output_dir", str(out),
-               "--values", "-1", "-2"]
+    command = [
+        sys.executable,
+        str(ROOT / "train" / "sweep.py"),
+        "--config",
+        str(config),
+        "--output_dir",
+        str(out),
+        "--values",
+        "-1",
+        "-2",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, result.stderr[-2000:]
     summary = result.stderr.strip().splitlines()[-1]
@@ -266,8 +356,12 @@ def test_sweep_goes_on_past_failed_cells_lists_them_and_exits_non_zero(tmp_path)
 
 
 def test_sweep_usage_errors_are_one_line(tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "train" / "sweep.py"), "--grid", "huge"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train" / "sweep.py"), "--grid", "huge"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()  # the choices' quoting differs between Python versions
     assert line.startswith("sweep.py: error: argument --grid: invalid choice: 'huge'") and "reduced" in line
@@ -277,14 +371,35 @@ def test_sweep_usage_errors_are_one_line(tmp_path):
 @pytest.mark.slow
 def test_sweep_runs_resumes_and_draws_the_heatmap(phantom_dir, tmp_path):
     config = tmp_path / "base.yaml"
-    config.write_text("\n".join([
-        "preset: autopet-v3", 'model_overrides: {"channels": [4, 8, 16, 32, 64], "norm": "instance"}',
-        "patch_size: [32, 32, 32]", f"data_dir: {phantom_dir}", f"cache_dir: {tmp_path / 'cache'}",
-        "max_steps: 1", "eval_steps: 1", "checkpointing_steps: 1", "num_workers: 0", "report_to: none", "",
-    ]))
+    config.write_text(
+        "\n".join(
+            [
+                "preset: autopet-v3",
+                'model_overrides: {"channels": [4, 8, 16, 32, 64], "norm": "instance"}',
+                "patch_size: [32, 32, 32]",
+                f"data_dir: {phantom_dir}",
+                f"cache_dir: {tmp_path / 'cache'}",
+                "max_steps: 1",
+                "eval_steps: 1",
+                "checkpointing_steps: 1",
+                "num_workers: 0",
+                "report_to: none",
+                "",
+            ]
+        )
+    )
     out = tmp_path / "sweep"
-    command = [sys.executable, str(ROOT / "train" / "sweep.py"), "--config", str(config), "--output_dir", str(out),
-               "--values", "0.1", "0.001"]
+    command = [
+        sys.executable,
+        str(ROOT / "train" / "sweep.py"),
+        "--config",
+        str(config),
+        "--output_dir",
+        str(out),
+        "--values",
+        "0.1",
+        "0.001",
+    ]
     first = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     rows = (out / "sweep.csv").read_text().strip().splitlines()

@@ -122,8 +122,13 @@ def train(args: TrainingArguments) -> int:
             checkpointer.clear_previous_run()
     accelerator.wait_for_everyone()
     train_set = MirrorPatchDataset(
-        dataset["train"], config, config.patch_size, args.patches_per_volume, tuple(args.pos_neg_ratio),
-        seed=args.seed, augmentation=args.augment,
+        dataset["train"],
+        config,
+        config.patch_size,
+        args.patches_per_volume,
+        tuple(args.pos_neg_ratio),
+        seed=args.seed,
+        augmentation=args.augment,
     )
     validation = prepare_studies(dataset["validation"], config)
     loader = patch_loader(args, train_set)
@@ -151,7 +156,15 @@ def train(args: TrainingArguments) -> int:
     precision = "bf16" if accelerator.mixed_precision == "bf16" else "fp32"
     settings = SlidingWindowSettings(overlap=args.overlap, precision=precision, device=device)
     run = TrainingRun(
-        args, config, accelerator, model, optimizer, scheduler, loader, train_set, state,
+        args,
+        config,
+        accelerator,
+        model,
+        optimizer,
+        scheduler,
+        loader,
+        train_set,
+        state,
         evaluator=Evaluator(accelerator, validation, args.dataset, settings),
         checkpointer=checkpointer,
         exporter=Exporter(accelerator, args.output_dir, run_info),

@@ -101,7 +101,9 @@ def sample_patch_centres(
     return centres, flags
 
 
-def extract_patch(array: np.ndarray, centre: Sequence[int], patch_size: Sequence[int], pad_value: float = 0) -> np.ndarray:
+def extract_patch(
+    array: np.ndarray, centre: Sequence[int], patch_size: Sequence[int], pad_value: float = 0
+) -> np.ndarray:
     """The ``patch_size`` block of the last three axes of ``array`` centred on ``centre`` (start = centre - size // 2).
 
     Parts outside the array are filled with ``pad_value``; leading (channel) axes are kept.
@@ -303,11 +305,17 @@ class MirrorPatchDataset(torch.utils.data.IterableDataset):
     ):
         super().__init__()
         self.patch_size = patch_shape(patch_size)
-        if isinstance(patches_per_volume, bool) or not isinstance(patches_per_volume, (int, np.integer)) or patches_per_volume < 1:
+        if (
+            isinstance(patches_per_volume, bool)
+            or not isinstance(patches_per_volume, (int, np.integer))
+            or patches_per_volume < 1
+        ):
             raise UserInputError(f"patches_per_volume must be a positive integer, got {patches_per_volume!r}")
         pos, neg = (float(v) for v in pos_neg_ratio)
         if pos < 0 or neg < 0 or pos + neg <= 0:
-            raise UserInputError(f"pos_neg_ratio must be two non-negative numbers, not both zero, got {pos_neg_ratio!r}")
+            raise UserInputError(
+                f"pos_neg_ratio must be two non-negative numbers, not both zero, got {pos_neg_ratio!r}"
+            )
         self.patches_per_volume = int(patches_per_volume)
         self.pos_neg_ratio = (pos, neg)
         self.seed = int(seed)
@@ -328,8 +336,13 @@ class MirrorPatchDataset(torch.utils.data.IterableDataset):
         rng = np.random.default_rng([self.seed, self.epoch, int(index)])
         if not self.augmenter.enabled:
             images, labels, _ = sample_patches(
-                arrays["image"], arrays["label"], self.patch_size, self.patches_per_volume, rng,
-                self.pos_neg_ratio, positives=arrays["positives"],
+                arrays["image"],
+                arrays["label"],
+                self.patch_size,
+                self.patches_per_volume,
+                rng,
+                self.pos_neg_ratio,
+                positives=arrays["positives"],
             )
             return images, labels, arrays
         centres, _ = sample_patch_centres(

@@ -34,7 +34,9 @@ class TrainingArguments:
             '\'{"channels": [8, 16, 32, 64, 128], "norm": "instance"}\''
         },
     )
-    dataset: str = field(default="autopet", metadata={"help": "autopet or brain_tumour (a task name: mirror_unet_hf.tasks)"})
+    dataset: str = field(
+        default="autopet", metadata={"help": "autopet or brain_tumour (a task name: mirror_unet_hf.tasks)"}
+    )
     data_dir: str | None = field(
         default=None,
         metadata={"help": "dataset folder (AutoPET / MSD layout); empty = generate phantoms into --phantom_dir"},
@@ -53,12 +55,8 @@ class TrainingArguments:
     cache_dir: str | None = field(
         default=None, metadata={"help": "datasets cache folder (default: <output_dir>/../datasets-cache)"}
     )
-    output_dir: str = field(
-        default="outputs/mirror-unet", metadata={"help": "where checkpoints, best/ and final/ go"}
-    )
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "allow a new run in a non-empty output_dir"}
-    )
+    output_dir: str = field(default="outputs/mirror-unet", metadata={"help": "where checkpoints, best/ and final/ go"})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "allow a new run in a non-empty output_dir"})
     fold: int = field(default=0, metadata={"help": "validation fold"})
     num_folds: int = field(default=5, metadata={"help": "number of patient-grouped folds"})
     patch_size: list[int] | None = field(
@@ -69,9 +67,7 @@ class TrainingArguments:
         default_factory=lambda: [2.0, 1.0], metadata={"help": "positive:negative patch centres"}
     )
     per_device_train_batch_size: int = field(default=2, metadata={"help": "patches per device and step"})
-    gradient_accumulation_steps: int = field(
-        default=1, metadata={"help": "steps accumulated per optimizer update"}
-    )
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "steps accumulated per optimizer update"})
     optimizer: str = field(
         default="adam", metadata={"help": "adam (paper), adamw, or sgd (momentum 0.99, nesterov, as nnU-Net)"}
     )
