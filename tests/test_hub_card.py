@@ -164,6 +164,22 @@ def test_phantom_trained_weights_say_so_plainly(tmp_path, training_args, phantom
     assert "**This is not a medical device**" in card.text
 
 
+@pytest.mark.parametrize("base_model", ["tester/mirror-unet-autopet-v3", None])
+def test_a_fine_tuned_run_names_its_base_model(tmp_path, base_model):
+    """train.py --model_name_or_path records the Hub id it started from (None for a local folder)."""
+    torch.manual_seed(0)
+    training_args = {
+        "preset": "autopet-v1",
+        "dataset": "autopet",
+        "model_name_or_path": "/ckpt/final",
+        "base_model": base_model,
+    }
+    folder = save_checkpoint(MirrorUNetModel(small_config("autopet-v1")), tmp_path, training_args=training_args)
+    card = ModelCard(str(build_model_card(folder, REPO_ID)))  # re-parsed from text
+    assert card.data.to_dict().get("base_model") == base_model
+    assert validate_card_metadata(str(card)) == []
+
+
 def test_card_without_metrics_has_no_model_index(tmp_path):
     torch.manual_seed(0)
     folder = save_checkpoint(MirrorUNetModel(small_config("autopet-pet-only")), tmp_path)

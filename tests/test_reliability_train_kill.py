@@ -43,10 +43,11 @@ def phantom_dir(tmp_path_factory):
 
 
 def arguments(phantom_dir: Path, cache: Path, output: Path) -> list[str]:
-    """The small settings of tests/test_train.py; every launch asks to resume, as a pre-emptible job would."""
+    """The small settings of tests/test_train.py with what makes a resume hard: DataLoader workers, dropout (the
+    autopet-v3 classification head) and augmentation; every launch asks to resume, as a pre-emptible job would."""
     return [
         "--preset",
-        "autopet-v2",
+        "autopet-v3",
         "--model_overrides",
         json.dumps({"channels": [4, 8, 16, 32, 64], "norm": "instance"}),
         "--patch_size",
@@ -60,7 +61,9 @@ def arguments(phantom_dir: Path, cache: Path, output: Path) -> list[str]:
         "--eval_steps",
         "100",
         "--num_workers",
-        "0",
+        "2",
+        "--augment",
+        "spatial",
         "--report_to",
         "none",
         "--lr_decay_every",

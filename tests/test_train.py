@@ -239,15 +239,23 @@ def test_batchnorm_without_sync_breaks_the_equivalence(phantom_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_kill_and_resume_gives_the_weights_of_an_uninterrupted_run(phantom_dir, tmp_path):
-    base = common(phantom_dir, tmp_path) + [
+@pytest.mark.parametrize("workers, augment", [("0", "none"), ("2", "spatial+intensity")])
+def test_kill_and_resume_gives_the_weights_of_an_uninterrupted_run(phantom_dir, tmp_path, workers, augment):
+    """autopet-v3 has dropout in its classification head: the resumed run must continue the global RNG stream
+    exactly (a DataLoader drawing its workers' seed from it at the resumed epoch's start once shifted it)."""
+    base = common(phantom_dir, tmp_path, preset="autopet-v3") + [
         "--max_steps",
         "6",
         "--checkpointing_steps",
         "2",
         "--per_device_train_batch_size",
         "2",
+        "--seed",
+        "5",
+        "--augment",
+        augment,
     ]
+    base[base.index("--num_workers") + 1] = workers
     straight = run(base + ["--output_dir", str(tmp_path / "straight")])
     assert straight.returncode == 0, straight.stderr[-3000:]
 
@@ -257,11 +265,12 @@ def test_kill_and_resume_gives_the_weights_of_an_uninterrupted_run(phantom_dir, 
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=train_env(),
-    )
+        start_new_session=True,
+    )  # its DataLoader workers are killed with it
     deadline = time.time() + 300
     while not (interrupted / "checkpoints" / "step_2").exists() and time.time() < deadline and process.poll() is None:
         time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
+    os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert (interrupted / "checkpoints" / "step_2").exists()
     assert not (interrupted / "final").exists(), "the run was killed before it finished"

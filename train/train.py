@@ -13,7 +13,6 @@ The reusable pieces live in `mirror_unet_hf.training`.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
-from mirror_unet_hf import MirrorUNetConfig, MirrorUNetModel
+from mirror_unet_hf import MirrorUNetConfig
 from mirror_unet_hf.data import MirrorPatchDataset, prepare_studies
 from mirror_unet_hf.errors import CONFIG_ERRORS, UserInputError, one_line
 from mirror_unet_hf.files import atomic_write_json
@@ -50,6 +49,8 @@ from mirror_unet_hf.training.loop import (
     make_scheduler,
     pool_dice_over_processes,
 )
+from mirror_unet_hf.training.model import count_trainable, initial_model, load_base_config
+from mirror_unet_hf.training.reporting import run_header, tracker_config
 
 
 @dataclass
@@ -106,6 +107,7 @@ def train(args: TrainingArguments) -> int:
     """The whole run; every check that needs no data comes before the Accelerator and the data."""
     check_args(args)
     config = build_config(args)
+    load_base_config(args, config)  # a --model_name_or_path that does not fit fails here, before any data
     checkpointer = Checkpointer(args.output_dir, args.checkpoints_total_limit)
     resume = checkpointer.resolve(args.resume_from_checkpoint)
     resuming = resume is not None or args.resume_from_checkpoint == "latest"
@@ -121,13 +123,20 @@ def train(args: TrainingArguments) -> int:
             checkpointer.clear_previous_run()
     accelerator.wait_for_everyone()
     train_set = MirrorPatchDataset(
-        dataset["train"], config, config.patch_size, args.patches_per_volume, tuple(args.pos_neg_ratio), seed=args.seed
+        dataset["train"],
+        config,
+        config.patch_size,
+        args.patches_per_volume,
+        tuple(args.pos_neg_ratio),
+        seed=args.seed,
+        augmentation=args.augment,
     )
     validation = prepare_studies(dataset["validation"], config)
     loader = patch_loader(args, train_set)
 
-    model = MirrorUNetModel(config)
+    model = initial_model(args, config)
     pool_dice_over_processes(model, accelerator)
+    parameters = count_trainable(model)
     if args.sync_batchnorm and accelerator.num_processes > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = make_optimizer(args, model.parameters())
@@ -135,17 +144,19 @@ def train(args: TrainingArguments) -> int:
     # The scheduler is not prepared: its state goes into trainer_state.json, unpickled (Checkpointer.save).
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
 
-    state = TrainerState()
+    device = str(next(accelerator.unwrap_model(model).parameters()).device)
+    run_info = training_run_info(args, accelerator, dataset, data_dir, uses_phantoms(args, data_dir))
+    accelerator.print(run_header(run_info, parameters, accelerator.mixed_precision, device))
+    state = TrainerState(loader_layout=loader_layout(args, accelerator))
     if resume is not None:
         state = checkpointer.load(accelerator, resume, scheduler)
         accelerator.print(f"Resumed from {resume} at step {state.step}")
+        warn_if_layout_changed(accelerator, state, loader_layout(args, accelerator))
     if accelerator.is_main_process and tracker_names(args):
-        accelerator.init_trackers("mirror-unet", config={k: str(v) for k, v in dataclasses.asdict(args).items()})
+        accelerator.init_trackers("mirror-unet", config=tracker_config(args))
 
-    device = str(next(accelerator.unwrap_model(model).parameters()).device)
-    precision = "bf16" if args.mixed_precision == "bf16" else "fp32"
+    precision = "bf16" if accelerator.mixed_precision == "bf16" else "fp32"
     settings = SlidingWindowSettings(overlap=args.overlap, precision=precision, device=device)
-    run_info = training_run_info(args, accelerator, dataset, data_dir, uses_phantoms(args, data_dir))
     run = TrainingRun(
         args,
         config,
@@ -165,6 +176,27 @@ def train(args: TrainingArguments) -> int:
     return 0
 
 
+def loader_layout(args: TrainingArguments, accelerator: Accelerator) -> dict:
+    """What the order of an epoch's batches depends on besides the seed (checked when a run resumes)."""
+    return {
+        "num_workers": args.num_workers,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "num_processes": accelerator.num_processes,
+    }
+
+
+def warn_if_layout_changed(accelerator: Accelerator, state: TrainerState, layout: dict) -> None:
+    """A resume with other workers, batch size or process count orders the epoch's batches differently: the rest
+    of the epoch is not what the interrupted run would have seen (the run goes on; the user is told)."""
+    changed = [f"{k} {state.loader_layout[k]} -> {v}" for k, v in layout.items() if state.loader_layout.get(k, v) != v]
+    if changed:
+        accelerator.print(
+            f"Warning: resuming with {', '.join(changed)}: the rest of epoch {state.epoch} is drawn in another "
+            "order than the interrupted run would have drawn it, so the result will not equal an uninterrupted run"
+        )
+    state.loader_layout = layout
+
+
 def train_loop(run: TrainingRun) -> dict | None:
     """Optimizer updates up to `max_steps`, with logging, validation and checkpoints when due; returns the
     latest validation metrics."""
@@ -176,7 +208,7 @@ def train_loop(run: TrainingRun) -> dict | None:
     window = LossWindow()
     last_metrics = state.last_metrics()
     while state.step < args.max_steps:
-        for batch in epoch_batches(accelerator, run.loader, run.train_set, state):
+        for batch in epoch_batches(accelerator, run.loader, run.train_set, state, args.seed):
             state.batches_in_epoch += 1
             out, loss = training_step(run, batch)
             if not accelerator.sync_gradients:
@@ -209,6 +241,8 @@ def training_step(run: TrainingRun, batch: dict):
         else:
             loss = out.loss
         run.accelerator.backward(loss)
+        if run.args.max_grad_norm is not None and run.accelerator.sync_gradients:
+            run.accelerator.clip_grad_norm_(run.model.parameters(), run.args.max_grad_norm)
         run.optimizer.step()
         run.optimizer.zero_grad()
     return out, loss

@@ -9,8 +9,10 @@ study only: no NIfTI decompression during training.
 each volume is first cropped to its foreground box (non-zero PET, or any non-zero channel for MRI);
 each patch centre is a foreground label voxel with probability pos/(pos+neg) (2:1 by default) and
 otherwise any voxel of the cropped volume; patches reaching past the crop are padded with 0 (images and
-labels). The random stream depends only on ``(seed, epoch, study index)``: the same patches come out
-whatever the number of workers.
+labels). With ``augmentation`` (``mirror_unet_hf.data.augmentation``) each patch is then rotated, scaled,
+flipped and, optionally, intensity-augmented. The random streams depend only on ``(seed, epoch, study index)``
+and, for augmentation, the patch's index: the same patches come out whatever the number of workers, and a
+resumed run draws what an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import UserInputError
+from .augmentation import PatchAugmenter, context_shape
 from .constants import diagnosis_index
 from .preprocessing import (
     Box,
@@ -34,6 +37,9 @@ from .preprocessing import (
     preprocess_study,
     preprocessing_settings,
 )
+
+# a stream tag of each patch's augmentation: numpy's SeedSequence gives [a, b] and [a, b, 0] the same stream
+AUGMENTATION_STREAM = 0xA06
 
 _PREPARED_FEATURES = datasets.Features(
     {
@@ -125,7 +131,8 @@ def sample_patches(
     box: Box | None = None,
     positives: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``num_patches`` patches of ``image`` ``(M, X, Y, Z)`` and ``label`` ``(X, Y, Z)`` inside ``box`` (whole volume when None).
+    """``num_patches`` patches of ``image`` ``(M, X, Y, Z)`` and ``label`` ``(X, Y, Z)`` inside ``box`` (whole volume
+    when None).
 
     Returns images ``(N, M, *patch)``, labels ``(N, *patch)`` and the positive flags ``(N,)``.
     ``positives``: flat foreground indices within the box-cropped label, if already known.
@@ -137,6 +144,27 @@ def sample_patches(
     images = np.stack([extract_patch(image, c, size, 0) for c in centres])
     labels = np.stack([extract_patch(label, c, size, 0) for c in centres])
     return images, labels, flags
+
+
+def augmented_patches(
+    image: np.ndarray,
+    label: np.ndarray,
+    centres: np.ndarray,
+    patch_size: Sequence[int],
+    augmenter: PatchAugmenter,
+    rngs: Sequence[np.random.Generator],
+) -> tuple[np.ndarray, np.ndarray]:
+    """The patches of ``image`` ``(M, X, Y, Z)`` and ``label`` ``(X, Y, Z)`` at ``centres``, each augmented with
+    its own generator of ``rngs``: a block large enough for the patch's rotation and scaling is cut around the
+    centre (0 outside the volume) and resampled to ``patch_size``. Returns images ``(N, M, *patch)`` and
+    labels ``(N, *patch)``."""
+    images, labels = [], []
+    for centre, rng in zip(centres, rngs, strict=True):
+        draw, seed = augmenter.draw(rng)
+        block = context_shape(patch_size, draw)
+        images.append(augmenter.image(extract_patch(image, centre, block, 0), draw, seed, patch_size))
+        labels.append(augmenter.label(extract_patch(label, centre, block, 0), draw, patch_size))
+    return np.stack(images), np.stack(labels)
 
 
 # ------------------------------------------------------------------------------------ prepared studies
@@ -261,7 +289,8 @@ class MirrorPatchDataset(torch.utils.data.IterableDataset):
     ``config.modalities`` order. Studies are visited in a shuffled order that depends on ``(seed, epoch)``
     (call ``set_epoch`` each epoch), and the patches of one study come out together. With several
     ``DataLoader`` workers each worker takes every n-th study of that order. ``len()`` is the number of
-    patches per epoch.
+    patches per epoch. ``augmentation``: one of ``augmentation.AUGMENTATIONS``; each patch's draws come from
+    a generator of ``(seed, epoch, study, patch)``.
     """
 
     def __init__(
@@ -272,6 +301,7 @@ class MirrorPatchDataset(torch.utils.data.IterableDataset):
         patches_per_volume: int = 4,
         pos_neg_ratio: tuple[float, float] = (2, 1),
         seed: int = 0,
+        augmentation: str = "none",
     ):
         super().__init__()
         self.patch_size = patch_shape(patch_size)
@@ -290,6 +320,7 @@ class MirrorPatchDataset(torch.utils.data.IterableDataset):
         self.pos_neg_ratio = (pos, neg)
         self.seed = int(seed)
         self.epoch = 0
+        self.augmenter = PatchAugmenter(augmentation)
         self.studies = prepare_studies(hf_split, config)
 
     def set_epoch(self, epoch: int) -> None:
@@ -298,13 +329,12 @@ class MirrorPatchDataset(torch.utils.data.IterableDataset):
     def __len__(self) -> int:
         return len(self.studies) * self.patches_per_volume
 
-    def __iter__(self) -> Iterator[dict]:
-        worker = torch.utils.data.get_worker_info()
-        worker_id, workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.studies))
-        for index in order[worker_id::workers]:
-            arrays = self.studies.training_arrays(int(index))
-            rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+    def study_patches(self, index: int) -> tuple[np.ndarray, np.ndarray, dict]:
+        """The images ``(N, M, *patch)`` and labels ``(N, *patch)`` of study ``index`` in this epoch, and the
+        study's arrays (for its class label and case id)."""
+        arrays = self.studies.training_arrays(int(index))
+        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        if not self.augmenter.enabled:
             images, labels, _ = sample_patches(
                 arrays["image"],
                 arrays["label"],
@@ -314,7 +344,26 @@ class MirrorPatchDataset(torch.utils.data.IterableDataset):
                 self.pos_neg_ratio,
                 positives=arrays["positives"],
             )
-            for image, label in zip(images, labels):
+            return images, labels, arrays
+        centres, _ = sample_patch_centres(
+            arrays["label"], self.patches_per_volume, rng, self.pos_neg_ratio, arrays["positives"]
+        )
+        rngs = [
+            np.random.default_rng([self.seed, self.epoch, int(index), patch, AUGMENTATION_STREAM])
+            for patch in range(self.patches_per_volume)
+        ]
+        images, labels = augmented_patches(
+            arrays["image"], arrays["label"], centres, self.patch_size, self.augmenter, rngs
+        )
+        return images, labels, arrays
+
+    def __iter__(self) -> Iterator[dict]:
+        worker = torch.utils.data.get_worker_info()
+        worker_id, workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.studies))
+        for index in order[worker_id::workers]:
+            images, labels, arrays = self.study_patches(int(index))
+            for image, label in zip(images, labels, strict=True):
                 yield {
                     "pixel_values": torch.from_numpy(image),
                     "labels": torch.from_numpy(label.astype(np.int64)),

@@ -199,6 +199,8 @@ def _card_data(name: str, config: MirrorUNetConfig, metrics: dict | None, traini
         metrics=list(metrics["metrics"]) if metrics else None,
         model_name=name,
         eval_results=_eval_results(metrics) if scored else None,
+        # the Hub id a fine-tuned run started from (train.py --model_name_or_path); None for a local folder
+        base_model=(training_args or {}).get("base_model") or None,
     )
 
 

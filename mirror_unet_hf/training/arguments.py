@@ -17,6 +17,7 @@ import yaml
 from transformers import HfArgumentParser
 
 from ..configuration_mirror_unet import MirrorUNetConfig
+from ..data.augmentation import AUGMENTATIONS
 from ..errors import CONFIG_ERRORS, UserInputError, one_line
 from ..tasks import get_task, task_names
 
@@ -87,7 +88,33 @@ class TrainingArguments:
     lambda_rec: float | None = field(default=None, metadata={"help": "reconstruction loss weight (default: 0.1)"})
     lambda_cls: float | None = field(default=None, metadata={"help": "classification loss weight (default: 0.1)"})
     seed: int = field(default=42, metadata={"help": "seed of weights, sampling and dropout"})
-    mixed_precision: str = field(default="no", metadata={"help": "no, bf16 or fp16 (through Accelerate)"})
+    mixed_precision: str | None = field(
+        default=None,
+        metadata={
+            "help": "no, bf16 or fp16; default: what `accelerate launch --mixed_precision` or `accelerate config` "
+            "sets (else no)"
+        },
+    )
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "start from this checkpoint (folder or Hub id) instead of random weights; its heads must be "
+            "the --preset's (see README)"
+        },
+    )
+    max_grad_norm: float | None = field(
+        default=None, metadata={"help": "clip the gradient norm to this value (default: no clipping)"}
+    )
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "recompute activations in the backward pass: less memory, slower steps"}
+    )
+    augment: str = field(
+        default="none",
+        metadata={
+            "help": "patch augmentation: none, spatial (the authors' --with_DA: rotation ±30°, scaling, flips) or "
+            "spatial+intensity (plus nnU-Net's intensity augmentations)"
+        },
+    )
     sync_batchnorm: bool = field(
         default=False, metadata={"help": "convert BatchNorm to SyncBatchNorm for multi-process runs"}
     )
@@ -166,8 +193,12 @@ def check_args(args: TrainingArguments) -> None:
     """The checks of single flags and of flag combinations that need neither data nor model."""
     if args.dataset not in task_names():
         raise UserInputError(f"--dataset {args.dataset!r}; expected {' or '.join(task_names())}")
-    if args.mixed_precision not in ("no", "bf16", "fp16"):
+    if args.mixed_precision not in (None, "no", "bf16", "fp16"):
         raise UserInputError(f"--mixed_precision {args.mixed_precision!r}; expected no, bf16 or fp16")
+    if args.augment not in AUGMENTATIONS:
+        raise UserInputError(f"--augment {args.augment!r}; expected {', '.join(AUGMENTATIONS)}")
+    if args.max_grad_norm is not None and not args.max_grad_norm > 0:
+        raise UserInputError(f"--max_grad_norm is {args.max_grad_norm}; expected a positive number")
     positive = (
         "max_steps",
         "per_device_train_batch_size",

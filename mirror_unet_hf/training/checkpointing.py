@@ -35,6 +35,8 @@ class TrainerState:
     best_score: float | None = None
     best_step: int | None = None
     history: list[dict] = field(default_factory=list)  # {"step": N, **validation metrics} per evaluation
+    # what the order of an epoch's batches depends on besides the seed: workers, batch size, processes
+    loader_layout: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """The JSON form of `trainer_state.json` (field order kept)."""

@@ -11,12 +11,16 @@ from pathlib import Path
 from ..files import replace_folder
 from ..hub.checkpoint_files import write_metrics, write_training_args
 from .arguments import TrainingArguments
+from .model import base_model_id
 
 
 def training_run_info(args: TrainingArguments, accelerator, dataset, data_dir: str, phantoms: bool) -> dict:
-    """The content of `training_args.json`: every flag, plus what the run found (data, processes, studies)."""
+    """The content of `training_args.json`: every flag, plus what the run found (data, processes, studies, the
+    precision Accelerate chose, and the Hub id of the checkpoint it started from, if any)."""
     return {
         **dataclasses.asdict(args),
+        "mixed_precision": accelerator.mixed_precision,  # what the run used: the flag, `accelerate launch` or config
+        "base_model": base_model_id(args.model_name_or_path),
         "data_dir": str(data_dir),
         "phantoms": phantoms,
         "num_processes": accelerator.num_processes,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 from accelerate.utils import gather_object
 
@@ -13,6 +14,9 @@ from ..sliding_window import SlidingWindowSettings
 from ..validation import selection_score, summarise, validate
 from .arguments import TrainingArguments
 from .checkpointing import TrainerState
+
+# a stream tag of its own: numpy's SeedSequence gives [a, b] and [a, b, 0] the same stream
+EPOCH_STREAM = 0xE90C
 
 
 def make_optimizer(args: TrainingArguments, parameters) -> torch.optim.Optimizer:
@@ -37,8 +41,21 @@ def is_due(step: int, every: int, max_steps: int) -> bool:
     return step % every == 0 or step == max_steps
 
 
-def epoch_batches(accelerator, loader, train_set, state: TrainerState):
-    """The prepared loader for `state.epoch`, past the batches of it already seen (a resumed run)."""
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of the random draws made when an epoch's data stream starts (the DataLoader's base seed, from
+    which PyTorch seeds its workers): a function of `(seed, epoch)` only."""
+    return int(np.random.SeedSequence([seed, epoch, EPOCH_STREAM]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def epoch_batches(accelerator, loader, train_set, state: TrainerState, seed: int):
+    """The batches of the prepared loader for `state.epoch`, past those of it already seen (a resumed run).
+
+    A DataLoader draws its workers' base seed from the global torch RNG each time an epoch starts. That draw
+    happens at the epoch's start in an uninterrupted run but right after the restored RNG state in a resumed
+    one, so every later draw of the global stream (dropout) would differ. The epoch is therefore started inside
+    a forked RNG seeded by `epoch_seed(seed, epoch)`: the global stream is left as it was, and the workers'
+    seeds depend on `(seed, epoch)` alone, whatever the number of workers or processes.
+    """
     batches = loader
     if state.batches_in_epoch:
         batches = accelerator.skip_first_batches(loader, state.batches_in_epoch)
@@ -46,7 +63,14 @@ def epoch_batches(accelerator, loader, train_set, state: TrainerState):
     # set that counter, or a resumed run (a fresh loader) would replay epoch 0's patches.
     batches.set_epoch(state.epoch)
     train_set.set_epoch(state.epoch)
-    return batches
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(epoch_seed(seed, state.epoch))
+        iterator = iter(batches)
+        first = next(iterator, None)  # Accelerate's loaders create the DataLoader iterator here
+    if first is None:  # a resumed run whose checkpoint ended the epoch
+        return
+    yield first
+    yield from iterator
 
 
 class AllReduceSum(torch.autograd.Function):
