@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from conftest_hub import WITHOUT_PACKAGE, run_python
 from hub_server import hub_fixture  # noqa: F401  (the `hub` fixture)
@@ -12,6 +13,8 @@ from safetensors.torch import save_file
 
 from mirror_unet_hf import MirrorUNetModel
 from mirror_unet_hf.data import make_phantoms
+
+pytestmark = pytest.mark.slow  # a real training run, a push, and a fresh interpreter loading by id
 
 ROOT = Path(__file__).resolve().parents[1]
 REPO_ID = "tester/phantom-trained-v3"
@@ -72,6 +75,7 @@ def test_phantom_training_pushes_a_checkpoint_that_loads_by_id_without_the_packa
     script = (
         WITHOUT_PACKAGE
         + f"""
+import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModel

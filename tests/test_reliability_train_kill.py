@@ -24,6 +24,8 @@ import torch
 from conftest_fuzz import fuzz_report, tried  # noqa: F401 - fuzz_report reports the counts at the end of the session
 from safetensors.torch import load_file
 
+pytestmark = pytest.mark.slow  # real training processes killed and resumed: minutes on 2 cores
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "train" / "train.py"
 KILLS = int(os.environ.get("MIRROR_UNET_KILLS", "4"))
