@@ -13,7 +13,7 @@ from mirror_unet_hf.data import (
     preprocess_study,
     to_reference_grid,
 )
-from mirror_unet_hf.data.preprocessing import _zoom
+from mirror_unet_hf.image_processing_mirror_unet import zoom as _zoom
 from mirror_unet_hf.errors import UserInputError
 
 AUTOPET = PreprocessingConfig.for_dataset("autopet")
