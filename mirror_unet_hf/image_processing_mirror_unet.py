@@ -1,7 +1,7 @@
 """The image processor of Mirror U-Net: one 3D study (a NIfTI image per modality) in, network input out, and back.
 
 `MirrorUNetImageProcessor` is saved as ``preprocessor_config.json`` next to the weights and travels as Hub
-remote code with them, so ``AutoImageProcessor.from_pretrained(repo, trust_remote_code=True)`` works where
+remote code with them, so ``AutoImageProcessor.from_pretrained(repo)`` with remote code trusted works where
 this package is not installed. It therefore depends on numpy, scipy, nibabel, torch and transformers only.
 The functions below are the ONE implementation of the resampling steps: ``mirror_unet_hf.data.preprocessing``
 (training, validation, ``mirror-unet predict``) calls them too, so the processor and the package cannot drift.
@@ -78,7 +78,12 @@ def checked_settings(modalities: Any, reference_modality: Any, target_spacing: A
                 f"config.intensity_windows[{name!r}] = {list(window)}; expected [low, high] with high > low"
             )
         windows[name] = [low, high]
-    return {"modalities": names, "reference_modality": reference, "target_spacing": spacing, "intensity_windows": windows}
+    return {
+        "modalities": names,
+        "reference_modality": reference,
+        "target_spacing": spacing,
+        "intensity_windows": windows,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- grids
@@ -111,14 +116,24 @@ def grids_overlap(shape_a: Sequence[int], affine_a: np.ndarray, shape_b: Sequenc
 
 
 def resample_onto(
-    data: np.ndarray, source_affine: np.ndarray, target_shape: Sequence[int], target_affine: np.ndarray,
-    order: int, cval: float,
+    data: np.ndarray,
+    source_affine: np.ndarray,
+    target_shape: Sequence[int],
+    target_affine: np.ndarray,
+    order: int,
+    cval: float,
 ) -> np.ndarray:
     """Sample ``data`` (on ``source_affine``) at the voxel centres of the target grid through the world coordinates."""
     voxel_map = np.linalg.inv(source_affine) @ np.asarray(target_affine, dtype=np.float64)
     return ndimage.affine_transform(
-        data, voxel_map[:3, :3], offset=voxel_map[:3, 3], output_shape=tuple(int(n) for n in target_shape),
-        order=order, mode="constant", cval=cval, prefilter=False,
+        data,
+        voxel_map[:3, :3],
+        offset=voxel_map[:3, 3],
+        output_shape=tuple(int(n) for n in target_shape),
+        order=order,
+        mode="constant",
+        cval=cval,
+        prefilter=False,
     ).astype(np.float32, copy=False)
 
 
@@ -221,7 +236,9 @@ def zoom(array: np.ndarray, ratio: np.ndarray, out_shape: Sequence[int], order: 
     if any(pads):
         tensor = F.pad(tensor, (0, pads[2], 0, pads[1], 0, pads[0]), mode="replicate")
     with torch.no_grad():
-        out = F.interpolate(tensor, scale_factor=scale, mode="trilinear", align_corners=False, recompute_scale_factor=False)
+        out = F.interpolate(
+            tensor, scale_factor=scale, mode="trilinear", align_corners=False, recompute_scale_factor=False
+        )
     return out[0, :, : out_shape[0], : out_shape[1], : out_shape[2]].numpy()
 
 
@@ -254,8 +271,12 @@ def normalise_channels(stacked: np.ndarray, modalities: Sequence[str], windows: 
 
 
 def restore_to_reference(
-    array: np.ndarray, shape: Sequence[int], affine: np.ndarray, reference_shape: Sequence[int],
-    reference_affine: np.ndarray, order: int = 1,
+    array: np.ndarray,
+    shape: Sequence[int],
+    affine: np.ndarray,
+    reference_shape: Sequence[int],
+    reference_affine: np.ndarray,
+    order: int = 1,
 ) -> np.ndarray:
     """Map ``(C, X, Y, Z)`` or ``(X, Y, Z)`` on a preprocessed grid (``shape``, ``affine``) back onto the
     reference grid it was made from. ``order=0`` (nearest) keeps the dtype, for labels; ``order=1``
@@ -273,12 +294,16 @@ def restore_to_reference(
         raise ProcessorInputError(
             f"array of shape {tuple(array.shape)} is not on the preprocessed grid; expected (C, {expected}) or {expected}"
         )
-    orientation, oriented_shape, oriented_affine = ras_orientation(reference_shape, np.asarray(reference_affine, np.float64))
+    orientation, oriented_shape, oriented_affine = ras_orientation(
+        reference_shape, np.asarray(reference_affine, np.float64)
+    )
     forward = np.linalg.inv(oriented_affine) @ np.asarray(affine, dtype=np.float64)
     ratio = np.diag(forward[:3, :3]).copy()
     aligned = np.allclose(forward[:3, :3], np.diag(ratio), atol=1e-6)
     if not aligned or not np.allclose(forward[:3, 3], 0.5 * ratio - 0.5, atol=1e-4):
-        raise ValueError("the preprocessed affine is not an axis-aligned rescaling of the reference grid; was it modified?")
+        raise ValueError(
+            "the preprocessed affine is not an axis-aligned rescaling of the reference grid; was it modified?"
+        )
     restored = zoom(array, 1.0 / ratio, oriented_shape, order=order)
     inverse = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"), orientation)
     restored = np.ascontiguousarray(reorient(restored, inverse))
@@ -301,7 +326,9 @@ def load_volume(source: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
     elif isinstance(source, nib.spatialimages.SpatialImage):
         image = source
     else:
-        raise ProcessorInputError(f"{name}: got a {type(source).__name__}; expected a NIfTI file path or a nibabel image")
+        raise ProcessorInputError(
+            f"{name}: got a {type(source).__name__}; expected a NIfTI file path or a nibabel image"
+        )
     with np.errstate(over="ignore", invalid="ignore"):
         data = np.asarray(image.dataobj, dtype=np.float32)
     while data.ndim > 3 and data.shape[-1] == 1:
@@ -357,7 +384,8 @@ class MirrorUNetImageProcessor(BaseImageProcessor):
 
     ```python
     >>> from transformers import AutoImageProcessor
-    >>> processor = AutoImageProcessor.from_pretrained("org/mirror-unet", trust_remote_code=True)
+    >>> # the checkpoint's remote code: pass trust_remote_code (after reading the code) where the package is absent
+    >>> processor = AutoImageProcessor.from_pretrained("org/mirror-unet")
     >>> inputs = processor({"ct": "CTres.nii.gz", "pet": "SUV.nii.gz"}, return_tensors="pt")
     >>> inputs["pixel_values"].shape  # (1, modalities, X, Y, Z) on the RAS grid of target_spacing
     ```
@@ -468,8 +496,9 @@ class MirrorUNetImageProcessor(BaseImageProcessor):
         normalise_channels(stacked, self.modalities, self.intensity_windows)
         grid = StudyGrid(reference_shape, reference_affine, plan.shape, plan.affine)
         pixel_values = np.ascontiguousarray(stacked, dtype=np.float32)[None]
-        return BatchFeature({"pixel_values": pixel_values, "grid": grid}, tensor_type=return_tensors,
-                            skip_tensor_conversion=["grid"])
+        return BatchFeature(
+            {"pixel_values": pixel_values, "grid": grid}, tensor_type=return_tensors, skip_tensor_conversion=["grid"]
+        )
 
     def restore(self, array: Any, grid: StudyGrid, order: int = 1) -> np.ndarray:
         """An array `(C, X, Y, Z)` or `(X, Y, Z)` on the preprocessed grid, on the study's original reference

@@ -10,7 +10,8 @@ Read top to bottom: building blocks, the encoder/decoder levels, the heads, the 
 pretrained base class, then `MirrorUNetModel`. Module classes are prefixed `MirrorUNet` as in
 transformers; their attribute names are the state-dict keys, which saved checkpoints depend on.
 Self-contained (torch + transformers + the configuration file) so that it can travel as Hub remote
-code.
+code. `MirrorUNetModel.save_pretrained` also writes the image processor and the pipeline beside the weights
+(`companion_module`), without the model needing them to load.
 """
 
 from __future__ import annotations
@@ -486,9 +487,9 @@ class MirrorUNetModel(MirrorUNetPreTrainedModel):
         if kwargs.pop("push_to_hub", False):
             # transformers uploads only the files its own save_pretrained wrote; push_to_hub saves through this
             # method into a temporary folder and uploads all of it, companions included
-            self.save_pretrained(save_directory, *args, **kwargs)
             hub_keys = ("repo_id", "commit_message", "create_pr", "token", "private", "revision")
-            hub_kwargs = {key: kwargs[key] for key in hub_keys if key in kwargs}
+            hub_kwargs = {key: kwargs.pop(key) for key in hub_keys if key in kwargs}
+            self.save_pretrained(save_directory, *args, **kwargs)
             repo_id = hub_kwargs.pop("repo_id", os.path.basename(os.path.normpath(os.fspath(save_directory))))
             return self.push_to_hub(repo_id, **hub_kwargs)
         processor_module = companion_module("image_processing_mirror_unet")

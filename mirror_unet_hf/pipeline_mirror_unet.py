@@ -2,10 +2,10 @@
 
 Travels as Hub remote code with every checkpoint (``custom_pipelines`` in ``config.json``), so that
 
-    segmenter = pipeline("mirror-unet-segmentation", model=repo_or_folder, trust_remote_code=True)
+    segmenter = pipeline("mirror-unet-segmentation", model=repo_or_folder, trust_remote_code=...)
     result = segmenter({"ct": "CTres.nii.gz", "pet": "SUV.nii.gz"})
 
-works where this package is not installed. It runs exactly what ``mirror-unet predict`` runs: the image
+works where this package is not installed (remote code trusted after reading it). It runs exactly what ``mirror-unet predict`` runs: the image
 processor (``image_processing_mirror_unet``) and the sliding-window inference (``sliding_window``) are the
 package's own modules, shipped beside the weights, with the same defaults (``precision="auto"``, overlap 0.25,
 the model's patch size as window, constant blending). The result holds:
@@ -40,9 +40,21 @@ PIPELINE_TASK = "mirror-unet-segmentation"
 PIPELINE_CLASS = "MirrorUNetSegmentationPipeline"
 # What `mirror-unet predict --lesions` writes per lesion (mirror_unet_hf.lesions.LESION_COLUMNS).
 LESION_COLUMNS = (
-    "lesion_id", "voxel_count", "volume_ml", "suv_max", "suv_mean", "tlg",
-    "centroid_x_mm", "centroid_y_mm", "centroid_z_mm",
-    "bbox_min_i", "bbox_min_j", "bbox_min_k", "bbox_max_i", "bbox_max_j", "bbox_max_k",
+    "lesion_id",
+    "voxel_count",
+    "volume_ml",
+    "suv_max",
+    "suv_mean",
+    "tlg",
+    "centroid_x_mm",
+    "centroid_y_mm",
+    "centroid_z_mm",
+    "bbox_min_i",
+    "bbox_min_j",
+    "bbox_min_k",
+    "bbox_max_i",
+    "bbox_max_j",
+    "bbox_max_k",
 )
 SUV_MODALITY = "pet"
 WINDOW_SETTINGS = ("precision", "overlap", "window", "window_batch", "workers", "blend")
@@ -82,10 +94,19 @@ def lesion_table(mask: np.ndarray, suv: np.ndarray, affine: np.ndarray) -> dict:
             volume = counts[label] * voxel_ml
             mean = suv_sum[label] / counts[label]
             box = boxes[label - 1]
-            rows.append([
-                0, int(counts[label]), float(volume), float(suv_max[label]), float(mean), float(mean * volume),
-                *(float(v) for v in centroid[label]), *(int(s.start) for s in box), *(int(s.stop) - 1 for s in box),
-            ])
+            rows.append(
+                [
+                    0,
+                    int(counts[label]),
+                    float(volume),
+                    float(suv_max[label]),
+                    float(mean),
+                    float(mean * volume),
+                    *(float(v) for v in centroid[label]),
+                    *(int(s.start) for s in box),
+                    *(int(s.stop) - 1 for s in box),
+                ]
+            )
     rows.sort(key=lambda row: (-row[1], tuple(row[9:12])))
     lesions = [dict(zip(LESION_COLUMNS, [rank, *row[1:]], strict=True)) for rank, row in enumerate(rows, start=1)]
     summary = {
@@ -100,7 +121,9 @@ def lesion_table(mask: np.ndarray, suv: np.ndarray, affine: np.ndarray) -> dict:
 
 def _is_mirror_unet_processor(processor: Any) -> bool:
     # duck-typed: the processor may come from the package or from a repo's remote-code copy (two classes)
-    return all(hasattr(processor, name) for name in ("study_images", "post_process_semantic_segmentation", "modalities"))
+    return all(
+        hasattr(processor, name) for name in ("study_images", "post_process_semantic_segmentation", "modalities")
+    )
 
 
 class MirrorUNetSegmentationPipeline(Pipeline):
@@ -157,7 +180,8 @@ class MirrorUNetSegmentationPipeline(Pipeline):
     def _forward(self, model_inputs: dict, **settings) -> dict:
         window = settings.pop("window", None)
         run = SlidingWindowSettings(
-            window=tuple(window) if window is not None else None, device=str(self.device),
+            window=tuple(window) if window is not None else None,
+            device=str(self.device),
             **{"precision": "auto", **settings},
         )
         config = self.model.config

@@ -1,9 +1,9 @@
 """The files of a Mirror U-Net checkpoint folder: what must be there to publish it, and the run's own JSON files.
 
-A checkpoint folder is what `MirrorUNetModel.save_pretrained` writes (``config.json``, ``model.safetensors``
-and the two remote-code files) plus two files the training script writes next to the weights. This module
-is their one writer and one reader each (`write_metrics` / `read_metrics`, `write_training_args` /
-`read_training_args`).
+A checkpoint folder is what `MirrorUNetModel.save_pretrained` writes (``config.json``, ``model.safetensors``,
+the two model code files, and the image processor and pipeline: `COMPANION_FILES`) plus two files the
+training script writes next to the weights. This module is their one writer and one reader each
+(`write_metrics` / `read_metrics`, `write_training_args` / `read_training_args`).
 
 ``metrics.json`` — the validation result of the checkpoint::
 

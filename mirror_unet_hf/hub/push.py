@@ -56,13 +56,11 @@ def push_checkpoint(
 ) -> str:
     """Publish a checkpoint folder as a Hub model repo with a generated model card; returns the repo URL.
 
-    Uploads ``config.json``, ``model.safetensors``, the two model code files, the image processor
-    (``preprocessor_config.json``) and the pipeline's code files, ``README.md`` (the card) and, when present,
-    ``metrics.json`` (from `metrics_path` or the folder) and ``training_args.json`` (without credential-like
-    keys), all in one commit on `revision` (a branch, created from ``main`` when missing). A folder saved
-    before the processor and pipeline existed gets them from this package (``checkpoint_files.companion_files``),
-    so pushing an older checkpoint again makes ``AutoImageProcessor`` and ``pipeline(...)`` work on its repo. The repo is created when missing (public unless `private`). Nothing in `model_dir`
-    is written: its files are only read, and the card is staged in a temporary folder.
+    Uploads ``config.json``, ``model.safetensors``, the model, processor and pipeline code and
+    ``preprocessor_config.json``, ``README.md`` (the card) and, when present, ``metrics.json`` (from
+    `metrics_path` or the folder) and ``training_args.json`` (without credential-like keys), in one commit on
+    `revision` (a branch, created from ``main`` when missing; the repo too, public unless `private`). An older
+    folder gets the processor and pipeline from this package (`companion_files`); `model_dir` is only read.
 
     Args:
         model_dir: folder written by `MirrorUNetModel.save_pretrained` (+ the training script's JSON files).
