@@ -33,7 +33,7 @@ import numpy as np
 from scipy import ndimage
 from transformers import Pipeline
 
-from .image_processing_mirror_unet import MirrorUNetImageProcessor, load_volume
+from .image_processing_mirror_unet import MirrorUNetImageProcessor, grids_match, load_volume
 from .sliding_window import SlidingWindowSettings, sliding_window_predict
 
 PIPELINE_TASK = "mirror-unet-segmentation"
@@ -205,8 +205,9 @@ class MirrorUNetSegmentationPipeline(Pipeline):
             classification = {n: float(p) for n, p in zip(names, model_outputs["classification"], strict=True)}
         table = None
         if lesions and SUV_MODALITY in config.modalities:
-            suv, _ = load_volume(model_outputs["images"][SUV_MODALITY], SUV_MODALITY)
-            if suv.shape == mask.shape:  # lesions are measured where the mask lies: the PET's own grid
+            suv, suv_affine = load_volume(model_outputs["images"][SUV_MODALITY], SUV_MODALITY)
+            # lesions are measured where the mask lies: the PET's own grid (the reference grid of PET models)
+            if grids_match(suv.shape, suv_affine, mask.shape, mask.affine):
                 table = lesion_table(np.asanyarray(mask.dataobj), suv, mask.affine)
         return {
             "mask": mask,
