@@ -5,10 +5,10 @@ Travels as Hub remote code with every checkpoint (``custom_pipelines`` in ``conf
     segmenter = pipeline("mirror-unet-segmentation", model=repo_or_folder, trust_remote_code=...)
     result = segmenter({"ct": "CTres.nii.gz", "pet": "SUV.nii.gz"})
 
-works where this package is not installed (remote code trusted after reading it). It runs exactly what ``mirror-unet predict`` runs: the image
-processor (``image_processing_mirror_unet``) and the sliding-window inference (``sliding_window``) are the
-package's own modules, shipped beside the weights, with the same defaults (``precision="auto"``, overlap 0.25,
-the model's patch size as window, constant blending). The result holds:
+works where this package is not installed (remote code trusted after reading it). It runs exactly what
+``mirror-unet predict`` runs: the image processor (``image_processing_mirror_unet``) and the sliding-window
+inference (``sliding_window``) are the package's own modules, shipped beside the weights, with the same defaults
+(``precision="auto"``, overlap 0.25, the model's patch size as window, constant blending). The result holds:
 
 - ``mask``: a uint8 ``nibabel.Nifti1Image`` on the grid of the reference modality's input (same shape and
   affine), voxel values in the data set's label map (``label_names`` says which value means what);

@@ -54,29 +54,23 @@ def checked_settings(modalities: Any, reference_modality: Any, target_spacing: A
     names = [str(m) for m in (modalities or [])]
     if not names or len(set(names)) != len(names):
         raise ProcessorInputError(f"config.modalities must be a non-empty list of distinct names, got {modalities!r}")
-    reference = str(reference_modality)
+    listed, reference = ", ".join(names), str(reference_modality)
     if reference not in names:
+        raise ProcessorInputError(f"config.reference_modality {reference!r} is not one of config.modalities: {listed}")
+    spacing = None if target_spacing is None else [float(v) for v in target_spacing]
+    if spacing is not None and (len(spacing) != 3 or not all(math.isfinite(v) and v > 0 for v in spacing)):
         raise ProcessorInputError(
-            f"config.reference_modality {reference!r} is not one of config.modalities: {', '.join(names)}"
+            f"config.target_spacing must be 3 positive numbers in mm or None, got {target_spacing!r}"
         )
-    spacing = target_spacing
-    if spacing is not None:
-        spacing = [float(v) for v in spacing]
-        if len(spacing) != 3 or not all(math.isfinite(v) and v > 0 for v in spacing):
-            raise ProcessorInputError(
-                f"config.target_spacing must be 3 positive numbers in mm or None, got {target_spacing!r}"
-            )
     windows = {}
     for name, window in dict(intensity_windows or {}).items():
         if name not in names:
-            raise ProcessorInputError(
-                f"config.intensity_windows names {name!r}, which is not one of config.modalities: {', '.join(names)}"
-            )
+            other = f"which is not one of config.modalities: {listed}"
+            raise ProcessorInputError(f"config.intensity_windows names {name!r}, {other}")
         low, high = (float(v) for v in window)
         if not high > low:
-            raise ProcessorInputError(
-                f"config.intensity_windows[{name!r}] = {list(window)}; expected [low, high] with high > low"
-            )
+            expected = "expected [low, high] with high > low"
+            raise ProcessorInputError(f"config.intensity_windows[{name!r}] = {list(window)}; {expected}")
         windows[name] = [low, high]
     return {
         "modalities": names,
@@ -102,15 +96,14 @@ def grids_match(shape_a: Sequence[int], affine_a: np.ndarray, shape_b: Sequence[
     return bool(np.allclose(affine_a, affine_b, rtol=0.0, atol=tolerance))
 
 
-def world_corners(shape: Sequence[int], affine: np.ndarray) -> np.ndarray:
-    """World coordinates (8, 3) of the outer voxel corners (voxel index -0.5 and n-0.5 on each axis)."""
-    highs = np.asarray(shape, dtype=float) - 0.5
-    corners = np.array([[x, y, z] for x in (-0.5, highs[0]) for y in (-0.5, highs[1]) for z in (-0.5, highs[2])])
-    return corners @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3]
-
-
 def grids_overlap(shape_a: Sequence[int], affine_a: np.ndarray, shape_b: Sequence[int], affine_b: np.ndarray) -> bool:
-    """Whether the world-space bounding boxes of two grids share a positive volume."""
+    """Whether the world-space bounding boxes of two grids (outer voxel corners) share a positive volume."""
+
+    def world_corners(shape, affine):
+        highs = np.asarray(shape, dtype=float) - 0.5
+        corners = [[x, y, z] for x in (-0.5, highs[0]) for y in (-0.5, highs[1]) for z in (-0.5, highs[2])]
+        return np.array(corners) @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3]
+
     ca, cb = world_corners(shape_a, affine_a), world_corners(shape_b, affine_b)
     return bool(np.all(np.minimum(ca.max(0), cb.max(0)) > np.maximum(ca.min(0), cb.min(0))))
 
@@ -169,10 +162,6 @@ class ResamplingPlan:
     shape: tuple[int, int, int]
     affine: np.ndarray
     ratio: np.ndarray
-
-    @property
-    def spacing(self) -> tuple[float, float, float]:
-        return voxel_sizes(self.affine)
 
 
 def ras_orientation(shape: Sequence[int], affine: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int], np.ndarray]:
@@ -291,8 +280,9 @@ def restore_to_reference(
         array = array[None]
     expected = tuple(int(n) for n in shape)
     if array.ndim != 4 or tuple(array.shape[1:]) != expected:
+        shape = tuple(array.shape)
         raise ProcessorInputError(
-            f"array of shape {tuple(array.shape)} is not on the preprocessed grid; expected (C, {expected}) or {expected}"
+            f"array of shape {shape} is not on the preprocessed grid; expected (C, {expected}) or {expected}"
         )
     orientation, oriented_shape, oriented_affine = ras_orientation(
         reference_shape, np.asarray(reference_affine, np.float64)
@@ -380,15 +370,7 @@ class MirrorUNetImageProcessor(BaseImageProcessor):
         study_file_names (`dict[str, list[str]]`, *optional*): file names a study folder uses for a modality
             (e.g. AutoPET's `SUV.nii.gz` for `pet`), tried before `<modality>.nii.gz` and `<modality>.nii`.
 
-    Example:
-
-    ```python
-    >>> from transformers import AutoImageProcessor
-    >>> # the checkpoint's remote code: pass trust_remote_code (after reading the code) where the package is absent
-    >>> processor = AutoImageProcessor.from_pretrained("org/mirror-unet")
-    >>> inputs = processor({"ct": "CTres.nii.gz", "pet": "SUV.nii.gz"}, return_tensors="pt")
-    >>> inputs["pixel_values"].shape  # (1, modalities, X, Y, Z) on the RAS grid of target_spacing
-    ```
+    Calling it (`processor({"ct": "CTres.nii.gz", "pet": "SUV.nii.gz"})`) runs `preprocess`.
     """
 
     model_input_names = ["pixel_values"]
