@@ -34,7 +34,9 @@ def register_auto_classes() -> None:
     AutoConfig.register(MirrorUNetConfig.model_type, MirrorUNetConfig, exist_ok=True)
     AutoModel.register(MirrorUNetConfig, MirrorUNetModel, exist_ok=True)
     AutoModelForSemanticSegmentation.register(MirrorUNetConfig, MirrorUNetModel, exist_ok=True)
-    AutoImageProcessor.register(MirrorUNetConfig, image_processor_classes={"pil": MirrorUNetImageProcessor}, exist_ok=True)
+    AutoImageProcessor.register(
+        MirrorUNetConfig, image_processor_classes={"pil": MirrorUNetImageProcessor}, exist_ok=True
+    )
     MirrorUNetConfig.register_for_auto_class()
     MirrorUNetModel.register_for_auto_class("AutoModel")
     MirrorUNetImageProcessor.default_study_file_names = staticmethod(study_file_names)

@@ -100,7 +100,9 @@ class SlidingWindowSettings:
             raise UserInputError(f"precision is {self.precision!r}; expected one of: {', '.join(PRECISIONS)}")
         if self.window is not None and (len(self.window) != 3 or min(self.window) < 1):
             raise UserInputError(f"window is {self.window}; expected three positive sizes in voxels")
-        if self.workers is not None and (isinstance(self.workers, bool) or int(self.workers) != self.workers or self.workers < 1):
+        if self.workers is not None and (
+            isinstance(self.workers, bool) or int(self.workers) != self.workers or self.workers < 1
+        ):
             raise UserInputError(f"workers is {self.workers!r}; expected a positive number of threads")
         try:
             torch.device(self.device)
@@ -125,7 +127,9 @@ def effective_window(model, shape: tuple[int, int, int], settings: SlidingWindow
     window = tuple(settings.window or model.config.patch_size)
     for w in window:
         if w % stride:
-            raise UserInputError(f"window {window} must be a multiple of the network's total stride {stride} on every axis")
+            raise UserInputError(
+                f"window {window} must be a multiple of the network's total stride {stride} on every axis"
+            )
     return tuple(min(w, math.ceil(s / stride) * stride) for w, s in zip(window, shape))
 
 
@@ -213,8 +217,11 @@ def _checked_precision(model, settings: SlidingWindowSettings, device: torch.dev
         raise UserInputError(f"device {settings.device!r} asked for, but this torch build sees no CUDA GPU")
     on_device = _model_device(model)
     precision = resolve_precision(settings.precision, device)
-    if precision == "fp32" and on_device is not None and on_device != device and not (
-        on_device.type == device.type == "cuda" and device.index is None
+    if (
+        precision == "fp32"
+        and on_device is not None
+        and on_device != device
+        and not (on_device.type == device.type == "cuda" and device.index is None)
     ):
         raise UserInputError(
             f"the model is on {on_device} but the device asked for is {device}; move it with model.to({str(device)!r})"

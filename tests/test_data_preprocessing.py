@@ -13,8 +13,8 @@ from mirror_unet_hf.data import (
     preprocess_study,
     to_reference_grid,
 )
-from mirror_unet_hf.image_processing_mirror_unet import zoom as _zoom
 from mirror_unet_hf.errors import UserInputError
+from mirror_unet_hf.image_processing_mirror_unet import zoom as _zoom
 
 AUTOPET = PreprocessingConfig.for_dataset("autopet")
 RAW = PreprocessingConfig(("ct", "pet"), "pet", None, {})
@@ -30,7 +30,8 @@ def _dice(a, b):
 
 def _phantom_study(autopet_phantoms):
     study = next(
-        s for s in sorted((autopet_phantoms / "FDG-PET-CT-Lesions").glob("*/*"))
+        s
+        for s in sorted((autopet_phantoms / "FDG-PET-CT-Lesions").glob("*/*"))
         if s.is_dir() and np.asanyarray(nib.load(str(s / "SEG.nii.gz")).dataobj).any()
     )
     return {"ct": study / "CTres.nii.gz", "pet": study / "SUV.nii.gz"}, study / "SEG.nii.gz"
@@ -45,7 +46,7 @@ def test_output_is_ras_at_the_target_spacing_in_config_order(autopet_phantoms):
     assert study.image.shape[1:] == (64, 38, 60)  # round(48 * 2 / 1.5), round(48 * 2 / 2.5), round(40 * 3 / 2)
     assert nib.aff2axcodes(study.affine) == ("R", "A", "S")
     assert study.spacing == pytest.approx((1.5, 2.5, 2.0))
-    assert 0 <= study.image.min() and study.image.max() <= 1
+    assert study.image.min() >= 0 and study.image.max() <= 1
     suv = np.asanyarray(nib.load(str(images["pet"])).dataobj)
     assert study.image[0].max() == pytest.approx(min(suv.max(), 15) / 15, rel=0.05), "channel 0 is the PET"
 
@@ -87,13 +88,17 @@ def test_axis_aligned_resampling_matches_scipy():
     data = np.random.default_rng(1).random((1, 21, 17, 13)).astype(np.float32)
     ratio = np.array([0.7, 1.3, 0.45])
     shape = (30, 13, 29)
-    expected = ndimage.affine_transform(data[0], ratio, offset=0.5 * ratio - 0.5, output_shape=shape, order=1, mode="nearest")
+    expected = ndimage.affine_transform(
+        data[0], ratio, offset=0.5 * ratio - 0.5, output_shape=shape, order=1, mode="nearest"
+    )
     assert np.allclose(_zoom(data, ratio, shape, order=1)[0], expected, atol=1e-5)
 
 
 def test_native_ct_is_resampled_onto_the_pet_grid_in_place(shared_data):
     native = shared_data / "petct_native" / "STS_002"
-    study = preprocess_study({"ct": native / "CT.nii.gz", "pet": native / "SUV.nii.gz"}, RAW, label=native / "SEG.nii.gz")
+    study = preprocess_study(
+        {"ct": native / "CT.nii.gz", "pet": native / "SUV.nii.gz"}, RAW, label=native / "SEG.nii.gz"
+    )
     pet = nib.load(str(native / "SUV.nii.gz"))
     assert study.reference_shape == pet.shape and np.allclose(study.reference_affine, pet.affine)
     assert study.image.shape[1:] == pet.shape, "no target spacing: the PET grid (reoriented) is kept"
@@ -107,9 +112,13 @@ def test_native_ct_is_resampled_onto_the_pet_grid_in_place(shared_data):
 def test_lesion_stays_in_place_through_the_full_preprocessing(shared_data):
     native = shared_data / "petct_native" / "STS_002"
     seg = nib.load(str(native / "SEG.nii.gz"))
-    study = preprocess_study({"ct": native / "CT.nii.gz", "pet": native / "SUV.nii.gz"}, AUTOPET, label=native / "SEG.nii.gz")
+    study = preprocess_study(
+        {"ct": native / "CT.nii.gz", "pet": native / "SUV.nii.gz"}, AUTOPET, label=native / "SEG.nii.gz"
+    )
     assert study.spacing == pytest.approx((2.0, 2.0, 3.0))
-    shift = np.linalg.norm(_world_centroid(study.label, study.affine) - _world_centroid(np.asanyarray(seg.dataobj), seg.affine))
+    shift = np.linalg.norm(
+        _world_centroid(study.label, study.affine) - _world_centroid(np.asanyarray(seg.dataobj), seg.affine)
+    )
     assert shift < 5.47, f"lesion centroid moved {shift:.2f} mm (one PET voxel is 5.47 mm)"
     restored = study.restore(study.label, order=0)
     assert _dice(restored, np.asanyarray(seg.dataobj)) > 0.95

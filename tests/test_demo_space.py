@@ -48,7 +48,9 @@ def test_space_requirements_cover_the_package_runtime_dependencies():
     tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11's tomllib")
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     needed = requirement_names(pyproject["project"]["dependencies"])
-    needed |= requirement_names([d for d in pyproject["project"]["optional-dependencies"]["demo"] if not d.startswith("gradio")])
+    needed |= requirement_names(
+        [d for d in pyproject["project"]["optional-dependencies"]["demo"] if not d.startswith("gradio")]
+    )
     listed = requirement_names((DEMO / "requirements.txt").read_text().splitlines())
     assert needed <= listed, f"demo/requirements.txt lacks {sorted(needed - listed)}"
     assert "gradio" not in listed  # the Space's sdk_version decides the gradio version
@@ -78,13 +80,27 @@ def demo_dir(tmp_path_factory) -> Path:
 
 def test_space_files_are_the_demo_folder_plus_the_package_without_caches(demo_dir):
     files = dict(space_files(demo_dir))
-    assert {"app.py", "README.md", "requirements.txt", "checkpoint/model.safetensors", "checkpoint/config.json",
-            "examples/phantom_1/SUV.nii.gz", "mirror_unet_hf/__init__.py", "mirror_unet_hf/demo_app.py",
-            "mirror_unet_hf/viewer.py", "mirror_unet_hf/data/phantoms/__init__.py", "mirror_unet_hf/tasks/autopet.py", "mirror_unet_hf/hub_cards/model_card.md.j2",
-            "mirror_unet_hf/hub/__init__.py", "mirror_unet_hf/hub/space.py"} <= set(files)
+    assert {
+        "app.py",
+        "README.md",
+        "requirements.txt",
+        "checkpoint/model.safetensors",
+        "checkpoint/config.json",
+        "examples/phantom_1/SUV.nii.gz",
+        "mirror_unet_hf/__init__.py",
+        "mirror_unet_hf/demo_app.py",
+        "mirror_unet_hf/viewer.py",
+        "mirror_unet_hf/data/phantoms/__init__.py",
+        "mirror_unet_hf/tasks/autopet.py",
+        "mirror_unet_hf/hub_cards/model_card.md.j2",
+        "mirror_unet_hf/hub/__init__.py",
+        "mirror_unet_hf/hub/space.py",
+    } <= set(files)
     package = Path(mirror_unet_hf.__file__).resolve().parent
     sources = {
-        f"mirror_unet_hf/{p.relative_to(package).as_posix()}" for p in package.rglob("*.py") if "__pycache__" not in p.parts
+        f"mirror_unet_hf/{p.relative_to(package).as_posix()}"
+        for p in package.rglob("*.py")
+        if "__pycache__" not in p.parts
     }
     assert sources <= set(files), sources - set(files)  # every module of the package, sub-packages included
     assert not [name for name in files if "__pycache__" in name or name.endswith(".pyc") or "/." in f"/{name}"]
@@ -96,7 +112,10 @@ def test_push_space_makes_one_commit_in_a_gradio_space_and_sets_the_model(hub, d
     assert url == f"{hub.url}/spaces/{SPACE}"
     repo = hub.repos[("space", SPACE)]
     assert repo.sdk == "gradio"
-    assert [c.title for c in hub.history(SPACE, repo_type="space")] == ["Upload the Mirror U-Net demo", "initial commit"]
+    assert [c.title for c in hub.history(SPACE, repo_type="space")] == [
+        "Upload the Mirror U-Net demo",
+        "initial commit",
+    ]
     pushed = hub.files(SPACE, repo_type="space")
     assert set(pushed) == {".gitattributes", *dict(space_files(demo_dir))}
     assert pushed["app.py"] == (demo_dir / "app.py").read_bytes()
@@ -169,7 +188,10 @@ def test_the_hub_refusing_the_commit_is_one_line_naming_the_request(hub, demo_di
     from mirror_unet_hf.hub import HubRequestError
 
     hub.fail(500, "/commit/")
-    with pytest.raises(HubRequestError, match=rf"pushing to Space {SPACE}: {re.escape(hub.url)} answered 500 .*POST /api/spaces/{SPACE}/commit/main"):
+    with pytest.raises(
+        HubRequestError,
+        match=rf"pushing to Space {SPACE}: {re.escape(hub.url)} answered 500 .*POST /api/spaces/{SPACE}/commit/main",
+    ):
         push_space(demo_dir, SPACE, token=hub.token, endpoint=hub.url, timeout=5)
 
 
@@ -180,17 +202,31 @@ def test_the_loopback_hub_refuses_a_space_without_sdk(hub):
         HfApi(endpoint=hub.url, token=hub.token).create_repo("tester/no-sdk", repo_type="space")
     import httpx
 
-    answer = httpx.post(f"{hub.url}/api/repos/create", json={"name": "no-sdk", "type": "space"},
-                        headers={"Authorization": f"Bearer {hub.token}"})
+    answer = httpx.post(
+        f"{hub.url}/api/repos/create",
+        json={"name": "no-sdk", "type": "space"},
+        headers={"Authorization": f"Bearer {hub.token}"},
+    )
     assert answer.status_code == 400 and "sdk" in answer.json()["error"]
-
 
 
 def test_push_with_space_publishes_the_model_and_a_space_serving_it(cli_env, demo_dir, capsys):
     from mirror_unet_hf.cli import main
 
-    assert main(["push", "--model", str(demo_dir / "checkpoint"), "--repo-id", "tester/cli-space-model",
-                 "--space", str(demo_dir)]) == 0
+    assert (
+        main(
+            [
+                "push",
+                "--model",
+                str(demo_dir / "checkpoint"),
+                "--repo-id",
+                "tester/cli-space-model",
+                "--space",
+                str(demo_dir),
+            ]
+        )
+        == 0
+    )
     model_url, space_url = capsys.readouterr().out.strip().splitlines()
     assert model_url == f"{cli_env.url}/tester/cli-space-model"
     assert space_url == f"{cli_env.url}/spaces/tester/cli-space-model-demo"

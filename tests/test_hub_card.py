@@ -2,20 +2,20 @@
 
 import json
 import re
-import tomllib
 from pathlib import Path
 
 import jinja2
 import pytest
+import tomllib
 import torch
+from conftest_hub import autopet_metrics, save_checkpoint, small_config
+from hub_server import validate_card_metadata
 from huggingface_hub import ModelCard
 from huggingface_hub.repocard import RepoCard
 
-from conftest_hub import autopet_metrics, save_checkpoint, small_config
 from mirror_unet_hf import MirrorUNetModel
 from mirror_unet_hf.errors import UserInputError
 from mirror_unet_hf.hub import MODEL_CARD_TEMPLATE, build_model_card, model_card_context
-from hub_server import validate_card_metadata
 
 REPO_ID = "tester/mirror-unet-small"
 
@@ -28,8 +28,15 @@ def autopet_dir(tmp_path_factory):
         MirrorUNetModel(small_config("autopet-v3")),
         folder,
         metrics=autopet_metrics(),
-        training_args={"preset": "autopet-v3", "dataset": "autopet", "max_steps": 25000, "learning_rate": 0.001,
-                       "patch_size": [96, 96, 96], "phantoms": False, "hub_token": "hf_secret_value"},
+        training_args={
+            "preset": "autopet-v3",
+            "dataset": "autopet",
+            "max_steps": 25000,
+            "learning_rate": 0.001,
+            "patch_size": [96, 96, 96],
+            "phantoms": False,
+            "hub_token": "hf_secret_value",
+        },
     )
 
 
@@ -37,8 +44,13 @@ def autopet_dir(tmp_path_factory):
 def brats_dir(tmp_path_factory):
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("brats")
-    metrics = {"task": "brain_tumour", "dataset": "msd-task01", "split": "validation", "num_studies": 96,
-               "metrics": {"dice_wt": 0.91, "dice_tc": 0.84, "dice_et": None, "hd95_wt": 4.5}}
+    metrics = {
+        "task": "brain_tumour",
+        "dataset": "msd-task01",
+        "split": "validation",
+        "num_studies": 96,
+        "metrics": {"dice_wt": 0.91, "dice_tc": 0.84, "dice_et": None, "hd95_wt": 4.5},
+    }
     return save_checkpoint(MirrorUNetModel(small_config("brats-v1")), folder, metrics=metrics)
 
 
@@ -86,10 +98,17 @@ def test_brain_tumour_card_describes_the_variant_from_its_config(brats_dir):
     for row in config.describe():
         assert f"| {row['part']} | {row['inputs']} | {row['task']} |" in description
     assert "union of the segmentations of branches `flair`, `t1gd`" in description
-    assert "class 1 = edema (label value 1), class 2 = non-enhancing tumour + enhancing tumour (label value 2)" in description
+    assert (
+        "class 1 = edema (label value 1), class 2 = non-enhancing tumour + enhancing tumour (label value 2)"
+        in description
+    )
     parameters = sum(p.numel() for p in MirrorUNetModel(config).parameters())
     assert f"**Parameters**: {parameters:,} " in description
-    assert {r.metric_type: r.metric_value for r in card.data.eval_results} == {"dice_wt": 0.91, "dice_tc": 0.84, "hd95_wt": 4.5}
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results} == {
+        "dice_wt": 0.91,
+        "dice_tc": 0.84,
+        "hd95_wt": 4.5,
+    }
 
 
 def test_card_states_the_input_contract(autopet_dir, brats_dir):
@@ -158,7 +177,9 @@ def test_phantom_trained_weights_say_so_plainly(tmp_path, training_args, phantom
     folder = save_checkpoint(MirrorUNetModel(small_config("autopet-v1")), tmp_path, training_args=training_args)
     card = build_model_card(folder, REPO_ID)
     assert ("**Trained on synthetic phantoms, not on patient images.**" in card.text) is phantom
-    assert ("**These weights were trained on synthetic phantoms.**" in section(card.text, "Intended use and limitations")) is phantom
+    assert (
+        "**These weights were trained on synthetic phantoms.**" in section(card.text, "Intended use and limitations")
+    ) is phantom
     assert ("synthetic-data" in card.data.tags) is phantom
     assert "**This is not a medical device**" in card.text
 
@@ -175,7 +196,10 @@ def test_card_without_metrics_has_no_model_index(tmp_path):
 def test_citation_is_the_papers_bibtex(autopet_dir):
     citation = section(build_model_card(autopet_dir, REPO_ID).text, "Citation")
     assert "@inproceedings{marinov2023mirror," in citation
-    assert "Marinov, Zdravko and Rei{\\ss}, Simon and Kersting, David and Kleesiek, Jens and Stiefelhagen, Rainer" in citation
+    assert (
+        "Marinov, Zdravko and Rei{\\ss}, Simon and Kersting, David and Kleesiek, Jens and Stiefelhagen, Rainer"
+        in citation
+    )
     assert "eprint    = {2303.07126}" in citation and "ICCV" in citation and "2023" in citation
 
 

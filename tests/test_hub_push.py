@@ -1,8 +1,8 @@
 """Publishing checkpoints: `push_checkpoint` / `mirror-unet push` against the loopback Hub, then loading by
 Hub id with real clients (remote code without the package, the package itself, offline from the cache)."""
 
-import re
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,10 +10,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from huggingface_hub import ModelCard, constants, hf_hub_download
-from huggingface_hub.errors import RepositoryNotFoundError
-from safetensors.torch import save_file
-
 from conftest_hub import (
     INPUT_SIZE,
     WITHOUT_PACKAGE,
@@ -26,6 +22,10 @@ from conftest_hub import (
     train_briefly,
 )
 from hub_server import LoopbackHub, hub_fixture  # noqa: F401  (the `hub` fixture)
+from huggingface_hub import ModelCard, constants, hf_hub_download
+from huggingface_hub.errors import RepositoryNotFoundError
+from safetensors.torch import save_file
+
 from mirror_unet_hf.cli import main
 from mirror_unet_hf.errors import UserInputError
 from mirror_unet_hf.hub import HubRequestError, push_checkpoint
@@ -33,11 +33,21 @@ from mirror_unet_hf.hub import HubRequestError, push_checkpoint
 REPO = "tester/mirror-unet-small"
 BRANCH = "experiment"
 CHECKPOINT_FILES = {
-    ".gitattributes", "README.md", "config.json", "model.safetensors", "configuration_mirror_unet.py",
-    "modeling_mirror_unet.py", "metrics.json", "training_args.json",
+    ".gitattributes",
+    "README.md",
+    "config.json",
+    "model.safetensors",
+    "configuration_mirror_unet.py",
+    "modeling_mirror_unet.py",
+    "metrics.json",
+    "training_args.json",
     # the image processor and the mirror-unet-segmentation pipeline, with the modules it runs
-    "preprocessor_config.json", "image_processing_mirror_unet.py", "pipeline_mirror_unet.py", "sliding_window.py",
-    "window_merging.py", "errors.py",
+    "preprocessor_config.json",
+    "image_processing_mirror_unet.py",
+    "pipeline_mirror_unet.py",
+    "sliding_window.py",
+    "window_merging.py",
+    "errors.py",
 }
 
 
@@ -103,8 +113,12 @@ def test_push_to_a_revision_creates_the_branch_and_leaves_main_alone(hub, checkp
 def test_private_repo_needs_the_token_to_download(hub, checkpoints, tmp_path):
     push_checkpoint(checkpoints["a"], "tester/private-model", private=True, token=hub.token, endpoint=hub.url)
     with pytest.raises(RepositoryNotFoundError):
-        hf_hub_download("tester/private-model", "config.json", endpoint=hub.url, token=False, cache_dir=tmp_path / "anon")
-    path = hf_hub_download("tester/private-model", "config.json", endpoint=hub.url, token=hub.token, cache_dir=tmp_path / "auth")
+        hf_hub_download(
+            "tester/private-model", "config.json", endpoint=hub.url, token=False, cache_dir=tmp_path / "anon"
+        )
+    path = hf_hub_download(
+        "tester/private-model", "config.json", endpoint=hub.url, token=hub.token, cache_dir=tmp_path / "auth"
+    )
     assert Path(path).read_bytes() == (checkpoints["a"] / "config.json").read_bytes()
 
 
@@ -119,19 +133,19 @@ def how_to_use_blocks(card: str) -> list[str]:
 
 
 # Compares the logits of each revision, loaded by Hub id as remote code, with the original models'.
-LOAD_REMOTE = """
+LOAD_REMOTE = f"""
 import os, torch
 from safetensors.torch import load_file
 from transformers import AutoModel
 expected = load_file(sys.argv[1])
-for revision, key in (("main", "a"), ("{branch}", "b")):
-    model = AutoModel.from_pretrained("{repo}", trust_remote_code=True, revision=revision).eval()
+for revision, key in (("main", "a"), ("{BRANCH}", "b")):
+    model = AutoModel.from_pretrained("{REPO}", trust_remote_code=True, revision=revision).eval()
     assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
     with torch.no_grad():
         out = model(expected["x"]).logits
     assert torch.equal(out, expected[key]), f"revision {{revision}}: logits differ"
 print("LOADED", os.environ.get("HF_HUB_OFFLINE", "online"))
-""".format(repo=REPO, branch=BRANCH)
+"""
 
 
 def write_card_study(folder: Path) -> None:
@@ -187,22 +201,24 @@ def test_hub_id_loads_offline_from_the_cache_without_the_server(published, check
     assert len(published.hub.requests) == seen
 
 
-LOAD_WITH_PACKAGE = """
+LOAD_WITH_PACKAGE = f"""
 import sys, torch
 from safetensors.torch import load_file
 from mirror_unet_hf import MirrorUNetModel
 expected = load_file(sys.argv[1])
-for revision, key in (("main", "a"), ("{branch}", "b")):
-    model = MirrorUNetModel.from_pretrained("{repo}", revision=revision).eval()
+for revision, key in (("main", "a"), ("{BRANCH}", "b")):
+    model = MirrorUNetModel.from_pretrained("{REPO}", revision=revision).eval()
     assert type(model) is MirrorUNetModel
     with torch.no_grad():
         assert torch.equal(model(expected["x"]).logits, expected[key]), revision
 print("PACKAGE-OK")
-""".format(repo=REPO, branch=BRANCH)
+"""
 
 
 def test_package_model_class_loads_each_revision_by_hub_id(published, checkpoints, tmp_path):
-    result = run_python(LOAD_WITH_PACKAGE, published.hub.env(tmp_path / "hf_home"), tmp_path, str(checkpoints["expected"]))
+    result = run_python(
+        LOAD_WITH_PACKAGE, published.hub.env(tmp_path / "hf_home"), tmp_path, str(checkpoints["expected"])
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "PACKAGE-OK" in result.stdout
 
@@ -216,9 +232,26 @@ def test_cli_push_in_a_fresh_process_prints_the_repo_url(hub, checkpoints, tmp_p
     metrics = tmp_path / "other_metrics.json"
     metrics.write_text((checkpoints["b"] / "metrics.json").read_text())
     result = subprocess.run(
-        [sys.executable, "-m", "mirror_unet_hf.cli", "push", "--model", str(checkpoints["a"]), "--repo-id", "tester/cli-model",
-         "--metrics", str(metrics), "--revision", "v1", "--commit-message", "from the CLI"],
-        env={**os.environ, **hub.env(tmp_path / "hf_home")}, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "mirror_unet_hf.cli",
+            "push",
+            "--model",
+            str(checkpoints["a"]),
+            "--repo-id",
+            "tester/cli-model",
+            "--metrics",
+            str(metrics),
+            "--revision",
+            "v1",
+            "--commit-message",
+            "from the CLI",
+        ],
+        env={**os.environ, **hub.env(tmp_path / "hf_home")},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"{hub.url}/tester/cli-model"
@@ -242,8 +275,14 @@ def push_cli(checkpoint: Path, *extra: str) -> list[str]:
 @pytest.mark.parametrize(
     "failure, expected",
     [
-        (lambda hub: hub.fail(500, "/api/repos/create"), "answered 500 Internal Server Error to POST /api/repos/create"),
-        (lambda hub: hub.fail(500, "/commit/"), f"answered 500 Internal Server Error to POST /api/models/{REPO}/commit/main"),
+        (
+            lambda hub: hub.fail(500, "/api/repos/create"),
+            "answered 500 Internal Server Error to POST /api/repos/create",
+        ),
+        (
+            lambda hub: hub.fail(500, "/commit/"),
+            f"answered 500 Internal Server Error to POST /api/models/{REPO}/commit/main",
+        ),
         (lambda hub: hub.fail(401, "/api/repos/create"), "answered 401 Unauthorized to POST /api/repos/create"),
         (lambda hub: hub.hang("/commit/", seconds=30), "no answer from http://127.0.0.1:"),
     ],
@@ -255,7 +294,9 @@ def test_server_failures_give_one_line_and_exit_2_and_leave_the_folder(cli_env, 
     before = folder_digest(checkpoints["a"])
     assert main(push_cli(checkpoints["a"], "--timeout", "1")) == 2
     err = capsys.readouterr().err
-    assert err.startswith("mirror-unet push: error: pushing to tester/mirror-unet-small: ") and err.count("\n") == 1, err
+    assert err.startswith("mirror-unet push: error: pushing to tester/mirror-unet-small: ") and err.count("\n") == 1, (
+        err
+    )
     assert expected in err and "(the local folder was not changed)" in err
     assert folder_digest(checkpoints["a"]) == before
     repo = hub.repos.get(("model", REPO))

@@ -29,9 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
 DEMO_CHECKPOINT = REPO / "demo" / "checkpoint"
 SIDE = 16
-OUTPUT_FIELDS = [
-    "loss", "logits", "branch_outputs", "bottleneck_decoder_output", "classification_logits", "loss_terms"
-]
+OUTPUT_FIELDS = ["loss", "logits", "branch_outputs", "bottleneck_decoder_output", "classification_logits", "loss_terms"]
 
 
 def state_dict_signature(model: nn.Module) -> list[str]:
@@ -85,8 +83,9 @@ def test_the_old_demo_checkpoint_loads_every_key_and_gives_the_recorded_outputs(
         assert abs(flat.abs().sum().item() - expected["abs_sum"]) <= tolerance, name
         assert abs(flat.sum().item() - expected["sum"]) <= tolerance, name
         index = torch.linspace(0, flat.numel() - 1, len(expected["samples"])).long()
-        torch.testing.assert_close(flat[index], torch.tensor(expected["samples"], dtype=torch.float64),
-                                   rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(
+            flat[index], torch.tensor(expected["samples"], dtype=torch.float64), rtol=1e-4, atol=1e-5, msg=name
+        )
 
 
 # ------------------------------------------------------------------ naming
@@ -94,7 +93,8 @@ def test_the_old_demo_checkpoint_loads_every_key_and_gives_the_recorded_outputs(
 
 def test_every_building_block_is_named_after_the_model():
     classes = [
-        obj for _, obj in inspect.getmembers(modeling, inspect.isclass)
+        obj
+        for _, obj in inspect.getmembers(modeling, inspect.isclass)
         if obj.__module__ == modeling.__name__ and issubclass(obj, nn.Module)
     ]
     assert len(classes) >= 9
@@ -174,8 +174,14 @@ def test_trainer_runs_a_step_and_passes_no_loss_kwargs(tmp_path):
         for _ in range(2)
     ]
     args = transformers.TrainingArguments(
-        output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=2, report_to=[], use_cpu=True,
-        save_strategy="no", logging_strategy="no", dataloader_num_workers=0,
+        output_dir=str(tmp_path),
+        max_steps=1,
+        per_device_train_batch_size=2,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        logging_strategy="no",
+        dataloader_num_workers=0,
     )
     trainer = transformers.Trainer(model=model, args=args, train_dataset=rows)
     assert trainer.model_accepts_loss_kwargs is False
@@ -188,7 +194,9 @@ def test_trainer_runs_a_step_and_passes_no_loss_kwargs(tmp_path):
 # ------------------------------------------------------------------ remote code
 
 
-REMOTE_DEMO = WITHOUT_PACKAGE + """
+REMOTE_DEMO = (
+    WITHOUT_PACKAGE
+    + """
 import torch
 from transformers import AutoModel
 model = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
@@ -204,6 +212,7 @@ except TypeError as error:
     assert "did you mean 'labels'" in str(error), error
 print("REMOTE-OK")
 """
+)
 
 
 def test_the_demo_checkpoint_code_copy_loads_in_a_fresh_process_without_the_package(tmp_path):
@@ -233,7 +242,9 @@ def test_id2label_names_every_final_class_and_survives_save_and_load(preset, tmp
     assert list(config.id2label) == config.final_label_values  # every preset writes class k as value k
     config.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
-    assert saved["id2label"] == {str(k): v for k, v in EXPECTED_ID2LABEL[preset].items()}  # for readers without the package
+    assert saved["id2label"] == {
+        str(k): v for k, v in EXPECTED_ID2LABEL[preset].items()
+    }  # for readers without the package
     assert MirrorUNetConfig.from_pretrained(tmp_path).id2label == EXPECTED_ID2LABEL[preset]
 
 
@@ -247,7 +258,9 @@ def test_the_old_demo_config_without_label_maps_loads_with_them():
 def test_a_label_map_of_the_wrong_size_is_refused_and_an_own_one_is_kept():
     from mirror_unet_hf.errors import CONFIG_ERRORS
 
-    with pytest.raises(CONFIG_ERRORS, match=r"`id2label` has keys \[0, 1\]; expected one name per final-mask class 0..2"):
+    with pytest.raises(
+        CONFIG_ERRORS, match=r"`id2label` has keys \[0, 1\]; expected one name per final-mask class 0..2"
+    ):
         MirrorUNetConfig.from_preset("brats-v1", id2label={0: "background", 1: "tumour"})
     config = MirrorUNetConfig.from_preset("brats-v1", id2label={0: "bg", 1: "ed", 2: "tc"})
     assert config.id2label == {0: "bg", 1: "ed", 2: "tc"} and config.label2id == {"bg": 0, "ed": 1, "tc": 2}

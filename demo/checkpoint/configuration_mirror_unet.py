@@ -8,7 +8,6 @@ loss weights. The paper's variants and baselines are presets (``MirrorUNetConfig
 Self-contained (transformers + huggingface_hub only) so that it can travel as Hub remote code.
 """
 
-
 import copy
 import math
 from typing import Any
@@ -163,8 +162,16 @@ class MirrorUNetConfig(PreTrainedConfig):
         # JSON round trips turn tuples into lists; keep one canonical (list) form so that equality,
         # serialisation and validation see the same thing.
         for key in (
-            "modalities", "label_names", "shared_layers", "channels", "strides", "patch_size",
-            "final_mask_branches", "fusion_weights", "target_spacing", "branches",
+            "modalities",
+            "label_names",
+            "shared_layers",
+            "channels",
+            "strides",
+            "patch_size",
+            "final_mask_branches",
+            "fusion_weights",
+            "target_spacing",
+            "branches",
         ):
             if isinstance(getattr(self, key), tuple):
                 setattr(self, key, list(getattr(self, key)))
@@ -218,7 +225,9 @@ class MirrorUNetConfig(PreTrainedConfig):
             raise ValueError(f"each entry of `branches` must be a dict with keys {_names(BRANCH_KEYS)}; got {branch!r}")
         unknown = sorted(set(branch) - set(BRANCH_KEYS))
         if unknown:
-            raise ValueError(f"branch {branch.get('name')!r} has unknown keys {unknown}; accepted: {_names(BRANCH_KEYS)}")
+            raise ValueError(
+                f"branch {branch.get('name')!r} has unknown keys {unknown}; accepted: {_names(BRANCH_KEYS)}"
+            )
         if not isinstance(branch.get("name"), str) or not branch["name"]:
             raise ValueError(f"every branch needs a non-empty string `name`; got {branch!r}")
         out = {"name": branch["name"], "inputs": list(branch.get("inputs") or [branch["name"]])}
@@ -260,7 +269,9 @@ class MirrorUNetConfig(PreTrainedConfig):
         n_labels = len(self.label_names)
         for b in self.branches:
             if b["task"] not in BRANCH_TASKS:
-                raise ValueError(f"branch {b['name']!r} has task {b['task']!r}; expected one of: {_names(BRANCH_TASKS)}")
+                raise ValueError(
+                    f"branch {b['name']!r} has task {b['task']!r}; expected one of: {_names(BRANCH_TASKS)}"
+                )
             for modality in b["inputs"]:
                 if modality not in self.modalities:
                     raise ValueError(
@@ -307,9 +318,7 @@ class MirrorUNetConfig(PreTrainedConfig):
         if self.num_res_units < 1:
             raise ValueError(f"`num_res_units` is {self.num_res_units}; expected at least 1 (residual units)")
         if self.kernel_size % 2 == 0 or self.up_kernel_size % 2 == 0:
-            raise ValueError(
-                f"`kernel_size` {self.kernel_size} and `up_kernel_size` {self.up_kernel_size} must be odd"
-            )
+            raise ValueError(f"`kernel_size` {self.kernel_size} and `up_kernel_size` {self.up_kernel_size} must be odd")
         if self.norm not in NORMS:
             raise ValueError(f"`norm` is {self.norm!r}; expected one of: {_names(NORMS)}")
         if self.act not in ACTIVATIONS:
@@ -335,8 +344,13 @@ class MirrorUNetConfig(PreTrainedConfig):
         if any(layer.startswith("decoder.") for layer in self.shared_layers):
             without = [b["name"] for b in self.branches if b["task"] == "none"]
             if without:
-                raise ValueError(f"`shared_layers` shares a decoder level, but branch {without[0]!r} has no decoder (task 'none')")
-            if f"decoder.{levels - 1}" in self.shared_layers and len({self.branch_out_channels(b) for b in self.branches}) > 1:
+                raise ValueError(
+                    f"`shared_layers` shares a decoder level, but branch {without[0]!r} has no decoder (task 'none')"
+                )
+            if (
+                f"decoder.{levels - 1}" in self.shared_layers
+                and len({self.branch_out_channels(b) for b in self.branches}) > 1
+            ):
                 raise ValueError(
                     f"`shared_layers` includes 'decoder.{levels - 1}' (the output level), but the branches emit "
                     "different numbers of channels"
@@ -347,10 +361,14 @@ class MirrorUNetConfig(PreTrainedConfig):
         if decoder is not None:
             unknown = sorted(set(decoder) - set(BOTTLENECK_DECODER_KEYS))
             if unknown:
-                raise ValueError(f"`bottleneck_decoder` has unknown keys {unknown}; accepted: {_names(BOTTLENECK_DECODER_KEYS)}")
+                raise ValueError(
+                    f"`bottleneck_decoder` has unknown keys {unknown}; accepted: {_names(BOTTLENECK_DECODER_KEYS)}"
+                )
             task = decoder.get("task")
             if task not in BOTTLENECK_DECODER_TASKS:
-                raise ValueError(f"`bottleneck_decoder` has task {task!r}; expected one of: {_names(BOTTLENECK_DECODER_TASKS)}")
+                raise ValueError(
+                    f"`bottleneck_decoder` has task {task!r}; expected one of: {_names(BOTTLENECK_DECODER_TASKS)}"
+                )
             if task == "segmentation":
                 self._check_classes("`bottleneck_decoder`", decoder.get("classes") or [], len(self.label_names))
             else:
@@ -364,10 +382,14 @@ class MirrorUNetConfig(PreTrainedConfig):
         if head is not None:
             unknown = sorted(set(head) - set(CLASSIFICATION_HEAD_KEYS))
             if unknown:
-                raise ValueError(f"`classification_head` has unknown keys {unknown}; accepted: {_names(CLASSIFICATION_HEAD_KEYS)}")
+                raise ValueError(
+                    f"`classification_head` has unknown keys {unknown}; accepted: {_names(CLASSIFICATION_HEAD_KEYS)}"
+                )
             names = [b["name"] for b in self.branches]
             if head.get("branch") not in names:
-                raise ValueError(f"`classification_head` reads branch {head.get('branch')!r}; expected one of: {_names(names)}")
+                raise ValueError(
+                    f"`classification_head` reads branch {head.get('branch')!r}; expected one of: {_names(names)}"
+                )
             if head.get("task") not in CLASSIFICATION_TASKS:
                 raise ValueError(
                     f"`classification_head` has task {head.get('task')!r}; expected one of: {_names(CLASSIFICATION_TASKS)}"
@@ -377,7 +399,9 @@ class MirrorUNetConfig(PreTrainedConfig):
 
     def _check_final_mask(self):
         if self.final_mask_rule not in FINAL_MASK_RULES:
-            raise ValueError(f"`final_mask_rule` is {self.final_mask_rule!r}; expected one of: {_names(FINAL_MASK_RULES)}")
+            raise ValueError(
+                f"`final_mask_rule` is {self.final_mask_rule!r}; expected one of: {_names(FINAL_MASK_RULES)}"
+            )
         by_name = {b["name"]: b for b in self.branches}
         chosen = self.final_mask_branches
         if not chosen:
@@ -418,7 +442,9 @@ class MirrorUNetConfig(PreTrainedConfig):
             raise ValueError(f"`target_spacing` {self.target_spacing} must be three positive spacings in mm")
         for modality, window in (self.intensity_windows or {}).items():
             if modality not in self.modalities:
-                raise ValueError(f"`intensity_windows` names {modality!r}; expected modalities from {_names(self.modalities)}")
+                raise ValueError(
+                    f"`intensity_windows` names {modality!r}; expected modalities from {_names(self.modalities)}"
+                )
             if len(window) != 2 or not window[0] < window[1]:
                 raise ValueError(f"`intensity_windows[{modality!r}]` is {window}; expected [low, high] with low < high")
 
@@ -481,7 +507,11 @@ class MirrorUNetConfig(PreTrainedConfig):
             rows.append({"part": "bottleneck decoder", "inputs": "all bottlenecks", "task": f"{d['task']} of {what}"})
         if self.classification_head:
             h = self.classification_head
-            what = "lesion presence" if h["task"] == "lesion_presence" else "diagnosis (" + ", ".join(h["class_names"]) + ")"
+            what = (
+                "lesion presence"
+                if h["task"] == "lesion_presence"
+                else "diagnosis (" + ", ".join(h["class_names"]) + ")"
+            )
             rows.append({"part": "classification head", "inputs": f"bottleneck of `{h['branch']}`", "task": what})
         return rows
 

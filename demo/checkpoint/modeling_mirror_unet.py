@@ -214,7 +214,11 @@ class MirrorUNetBranch(nn.Module):
         if self.out_channels:
             layers += [f"decoder.{j}" for j in range(self.levels)]
         self.own = nn.ModuleDict(
-            {module_key(layer): make_level(config, layer, branch) for layer in layers if layer not in config.shared_layers}
+            {
+                module_key(layer): make_level(config, layer, branch)
+                for layer in layers
+                if layer not in config.shared_layers
+            }
         )
 
     def _level(self, layer: str, shared: nn.ModuleDict) -> nn.Module:
@@ -254,8 +258,13 @@ class MirrorUNetBottleneckDecoder(nn.Module):
         self.blocks = nn.Sequential(
             *[
                 MirrorUNetConvNormAct(
-                    config, widths[i], widths[i + 1], config.up_kernel_size, config.strides[levels - 1 - i],
-                    transposed=True, conv_only=i == levels - 1,
+                    config,
+                    widths[i],
+                    widths[i + 1],
+                    config.up_kernel_size,
+                    config.strides[levels - 1 - i],
+                    transposed=True,
+                    conv_only=i == levels - 1,
                 )
                 for i in range(levels)
             ]
@@ -543,7 +552,9 @@ class MirrorUNetModel(MirrorUNetPreTrainedModel):
         if class_labels is not None and head is not None and head["task"] == "diagnosis":
             n = len(head["class_names"])
             if class_labels.shape != (pixel_values.shape[0],):
-                raise ValueError(f"class_labels has shape {tuple(class_labels.shape)}; expected ({pixel_values.shape[0]},)")
+                raise ValueError(
+                    f"class_labels has shape {tuple(class_labels.shape)}; expected ({pixel_values.shape[0]},)"
+                )
             if bool(((class_labels < -1) | (class_labels >= n)).any()):
                 raise ValueError(
                     f"class_labels {class_labels.tolist()} must be in 0..{n - 1} ({', '.join(head['class_names'])}) "
@@ -668,7 +679,9 @@ class MirrorUNetModel(MirrorUNetPreTrainedModel):
         for spec in config.branches:
             name = spec["name"]
             if spec["task"] == "segmentation":
-                terms[f"{name}/segmentation"] = dice_ce_loss(branch_outputs[name], class_targets(labels, spec["classes"]))
+                terms[f"{name}/segmentation"] = dice_ce_loss(
+                    branch_outputs[name], class_targets(labels, spec["classes"])
+                )
                 weighted.append(config.lambda_seg * terms[f"{name}/segmentation"])
             elif spec["task"] == "reconstruction":
                 terms[f"{name}/reconstruction"] = reconstruction(branch_outputs[name], spec["targets"])
@@ -681,7 +694,9 @@ class MirrorUNetModel(MirrorUNetPreTrainedModel):
         if bottleneck_out is not None:
             d = config.bottleneck_decoder
             if d["task"] == "segmentation":
-                terms["bottleneck_decoder/segmentation"] = dice_ce_loss(bottleneck_out, class_targets(labels, d["classes"]))
+                terms["bottleneck_decoder/segmentation"] = dice_ce_loss(
+                    bottleneck_out, class_targets(labels, d["classes"])
+                )
                 weighted.append(config.lambda_seg * terms["bottleneck_decoder/segmentation"])
             else:
                 terms["bottleneck_decoder/reconstruction"] = reconstruction(bottleneck_out, d["targets"])

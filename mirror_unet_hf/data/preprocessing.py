@@ -104,17 +104,22 @@ class PreprocessingConfig:
         from ..tasks import get_task
 
         task = get_task(name)
-        return cls(task.preprocessing_modalities, task.reference_modality, task.target_spacing,
-                   dict(task.intensity_windows))
+        return cls(
+            task.preprocessing_modalities, task.reference_modality, task.target_spacing, dict(task.intensity_windows)
+        )
 
 
 def preprocessing_settings(config: Any) -> dict:
     """Validate ``config`` and return its four settings as plain, hashable python values."""
-    missing = [a for a in ("modalities", "reference_modality", "target_spacing", "intensity_windows") if not hasattr(config, a)]
+    missing = [
+        a for a in ("modalities", "reference_modality", "target_spacing", "intensity_windows") if not hasattr(config, a)
+    ]
     if missing:
         raise UserInputError(f"preprocessing config {type(config).__name__} lacks attribute(s): {', '.join(missing)}")
     try:
-        return checked_settings(config.modalities, config.reference_modality, config.target_spacing, config.intensity_windows)
+        return checked_settings(
+            config.modalities, config.reference_modality, config.target_spacing, config.intensity_windows
+        )
     except ProcessorInputError as error:
         raise UserInputError(str(error)) from None
 
@@ -181,7 +186,9 @@ def preprocess_study(
 
     plan = resampling_plan(reference_grid.shape, reference_grid.affine, settings["target_spacing"])
     target = Grid(plan.shape, plan.affine)
-    _check_resampled_size(target, len(modalities), reference_grid, settings, describe_source(images[reference], reference), case_id)
+    _check_resampled_size(
+        target, len(modalities), reference_grid, settings, describe_source(images[reference], reference), case_id
+    )
     stacked = apply_plan(stacked, plan, order=1)
     normalise_channels(stacked, modalities, settings["intensity_windows"])
     if label_array is not None:
@@ -265,7 +272,9 @@ def _study(case_id: str | None) -> str:
 def _check_modality_names(images: Mapping[str, NiftiSource], modalities: Sequence[str], case_id: str | None) -> None:
     for name in modalities:
         if name not in images:
-            raise UserInputError(f"{_study(case_id)}modality {name!r} is missing; expected images for: {', '.join(modalities)}")
+            raise UserInputError(
+                f"{_study(case_id)}modality {name!r} is missing; expected images for: {', '.join(modalities)}"
+            )
     for name in images:
         if name not in modalities:
             raise UserInputError(f"{_study(case_id)}unknown modality {name!r}; accepted: {', '.join(modalities)}")
@@ -281,17 +290,23 @@ def _stack_on_reference_grid(
         volumes[name] = (data, grid.affine)
     reference_grid = Grid(tuple(volumes[reference][0].shape), volumes[reference][1])
     try:
-        stacked = stack_on_reference(volumes, modalities, reference, lambda name: where(case_id, describe_source(images[name], name)))
+        stacked = stack_on_reference(
+            volumes, modalities, reference, lambda name: where(case_id, describe_source(images[name], name))
+        )
     except ProcessorInputError as error:
         raise UserInputError(str(error)) from None
     return reference_grid, stacked
 
 
-def _read_label(label: NiftiSource, config: Any, reference: str, reference_grid: Grid, case_id: str | None) -> np.ndarray:
+def _read_label(
+    label: NiftiSource, config: Any, reference: str, reference_grid: Grid, case_id: str | None
+) -> np.ndarray:
     """The label volume, checked against the config's label map and required on the reference grid."""
     label_grid, label_array = _load_volume(label, case_id, "label")
     label_names = getattr(config, "label_names", None)
-    require_label_values(label_array, len(label_names) if label_names else None, case_id, describe_source(label, "label"))
+    require_label_values(
+        label_array, len(label_names) if label_names else None, case_id, describe_source(label, "label")
+    )
     if not same_grid(label_grid, reference_grid):
         raise UserInputError(
             f"{where(case_id, describe_source(label, 'label'))}: label grid (shape {label_grid.shape}) disagrees with the "

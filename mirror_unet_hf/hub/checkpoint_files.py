@@ -50,7 +50,11 @@ PROCESSOR_FILE = "preprocessor_config.json"
 # What `MirrorUNetModel.save_pretrained` writes besides the model: the image processor and the
 # `mirror-unet-segmentation` pipeline with the modules it runs (remote code, self-contained as a set).
 COMPANION_CODE_FILES = (
-    "image_processing_mirror_unet.py", "pipeline_mirror_unet.py", "sliding_window.py", "window_merging.py", "errors.py",
+    "image_processing_mirror_unet.py",
+    "pipeline_mirror_unet.py",
+    "sliding_window.py",
+    "window_merging.py",
+    "errors.py",
 )
 COMPANION_FILES = (PROCESSOR_FILE, *COMPANION_CODE_FILES)
 METRICS_FILE = "metrics.json"
@@ -116,9 +120,7 @@ def read_metrics(path: str | Path) -> dict:
     if missing:
         raise UserInputError(f"{path} lacks {', '.join(missing)}; {expected}")
     if data["task"] not in task_names():
-        raise UserInputError(
-            f"{path}: task {data['task']!r} is unknown; expected one of: {', '.join(task_names())}"
-        )
+        raise UserInputError(f"{path}: task {data['task']!r} is unknown; expected one of: {', '.join(task_names())}")
     if not isinstance(data["dataset"], str) or not data["dataset"].strip():
         raise UserInputError(f"{path}: dataset {data['dataset']!r} must be a non-empty string (name or Hub id)")
     if not isinstance(data["split"], str) or not data["split"]:
@@ -135,9 +137,7 @@ def read_training_args(path: str | Path) -> dict:
     path = Path(path)
     data = _read_json(path, "training arguments")
     if not isinstance(data, dict):
-        raise UserInputError(
-            f"{path} holds a {type(data).__name__}; expected a flat dict of training arguments"
-        )
+        raise UserInputError(f"{path} holds a {type(data).__name__}; expected a flat dict of training arguments")
     return {key: value for key, value in data.items() if not SECRET_KEY.search(str(key))}
 
 
@@ -184,9 +184,7 @@ def load_checkpoint_config(model_dir: Path) -> MirrorUNetConfig:
         return MirrorUNetConfig.from_pretrained(model_dir)
     except (ValueError, TypeError, OSError) as error:  # strict-dataclass validation errors are ValueErrors
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserInputError(
-            f"{model_dir / CONFIG_FILE} is not a valid Mirror U-Net config: {first_line}"
-        ) from None
+        raise UserInputError(f"{model_dir / CONFIG_FILE} is not a valid Mirror U-Net config: {first_line}") from None
 
 
 def count_parameters(config: MirrorUNetConfig, weights: Path) -> int:

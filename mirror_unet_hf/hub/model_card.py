@@ -85,7 +85,8 @@ def _final_mask_text(config: MirrorUNetConfig) -> str:
         return f"the segmentation of branch `{branches[0]}`"
     if config.final_mask_rule == "union":
         return (
-            "the union of the segmentations of branches " + ", ".join(f"`{b}`" for b in branches)
+            "the union of the segmentations of branches "
+            + ", ".join(f"`{b}`" for b in branches)
             + " (a voxel is foreground where any of them says so; their classes are concatenated in branch order)"
         )
     weights = " + ".join(f"{w:g}·`{b}`" for w, b in zip(config.fusion_weights, branches, strict=True))
@@ -176,9 +177,7 @@ def _check_metrics_fit(metrics: dict | None, metrics_path: Path | None, config: 
         )
 
 
-def _card_data(
-    name: str, config: MirrorUNetConfig, metrics: dict | None, training_args: dict | None
-) -> ModelCardData:
+def _card_data(name: str, config: MirrorUNetConfig, metrics: dict | None, training_args: dict | None) -> ModelCardData:
     """The card's YAML metadata: tags, data sets and the ``model-index`` evaluation results."""
     domain = _domain(config)
     phantoms = trained_on_phantoms(training_args)

@@ -34,14 +34,17 @@ def write_run_files(folder: Path, run_info: dict, metrics: dict | None, step: in
     if metrics is None:
         return
     task = run_info["dataset"]
-    write_metrics(folder, {
-        "task": task,
-        "dataset": f"{task}-phantoms" if run_info["phantoms"] else task,
-        "split": f"validation (fold {run_info['fold']} of {run_info['num_folds']})",
-        "num_studies": int(metrics.get("num_studies", 0)),
-        "step": step,
-        "metrics": {k: v for k, v in metrics.items() if k != "num_studies"},
-    })
+    write_metrics(
+        folder,
+        {
+            "task": task,
+            "dataset": f"{task}-phantoms" if run_info["phantoms"] else task,
+            "split": f"validation (fold {run_info['fold']} of {run_info['num_folds']})",
+            "num_studies": int(metrics.get("num_studies", 0)),
+            "step": step,
+            "metrics": {k: v for k, v in metrics.items() if k != "num_studies"},
+        },
+    )
 
 
 class Exporter:
