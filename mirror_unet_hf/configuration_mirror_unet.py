@@ -246,7 +246,27 @@ class MirrorUNetConfig(PreTrainedConfig):
             self.auto_map = dict(AUTO_MAP)
         if self.intensity_windows is not None:
             self.intensity_windows = {k: [float(x) for x in v] for k, v in self.intensity_windows.items()}
+        self._fill_label_maps()
         super().__post_init__(**kwargs)
+
+    def _fill_label_maps(self):
+        """`id2label`/`label2id` from the final mask's classes (`final_class_names`), unless the caller gave its own.
+
+        Configs saved before these maps existed have none (transformers would make `LABEL_0`, `LABEL_1`), and
+        transformers' own default names are replaced too. An invalid config is left alone: `validate_config`
+        then names the problem.
+        """
+        given = getattr(self, "id2label", None)
+        if given and any(str(name) != f"LABEL_{key}" for key, name in given.items()):
+            if getattr(self, "label2id", None) is None:
+                self.label2id = {name: int(key) for key, name in given.items()}
+            return
+        try:
+            names = self.final_class_names
+        except (KeyError, IndexError, TypeError, ValueError):
+            return
+        self.id2label = dict(enumerate(names))
+        self.label2id = {name: index for index, name in self.id2label.items()}
 
     @staticmethod
     def _normalise_branch(branch: Any) -> dict:
@@ -499,6 +519,12 @@ class MirrorUNetConfig(PreTrainedConfig):
         if self.reference_modality not in self.modalities:
             raise ValueError(
                 f"`reference_modality` {self.reference_modality!r} is not one of the modalities ({_names(self.modalities)})"
+            )
+        classes = len(self.final_label_values)
+        if self.id2label is not None and sorted(self.id2label) != list(range(classes)):
+            raise ValueError(
+                f"`id2label` has keys {sorted(self.id2label)}; expected one name per final-mask class 0..{classes - 1} "
+                f"(e.g. {dict(enumerate(self.final_class_names))})"
             )
         if self.target_spacing is not None and (len(self.target_spacing) != 3 or min(self.target_spacing) <= 0):
             raise ValueError(f"`target_spacing` {self.target_spacing} must be three positive spacings in mm")

@@ -25,6 +25,7 @@ import contextlib
 import copy
 import itertools
 import math
+import sys
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -149,6 +150,10 @@ def inference_model(model, precision: str, device: str | torch.device = "cpu"):
         return model
     from .modeling_mirror_unet import fold_batch_norm
 
+    # The model's own module folds it: loaded as remote code, the model's classes come from another copy of
+    # the modeling file than this module's (transformers loads each entry point of a folder separately), and
+    # folding matches its blocks by class.
+    fold_batch_norm = getattr(sys.modules.get(type(model).__module__), "fold_batch_norm", fold_batch_norm)
     if model.training:
         prepared = copy.deepcopy(model)
     else:

@@ -13,8 +13,8 @@ from mirror_unet_hf.data import (
     preprocess_study,
     to_reference_grid,
 )
-from mirror_unet_hf.data.preprocessing import _zoom
 from mirror_unet_hf.errors import UserInputError
+from mirror_unet_hf.image_processing_mirror_unet import zoom as _zoom
 
 AUTOPET = PreprocessingConfig.for_dataset("autopet")
 RAW = PreprocessingConfig(("ct", "pet"), "pet", None, {})

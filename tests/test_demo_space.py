@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest_hub import folder_digest, run_python
 from hub_server import hub_fixture  # noqa: F401  (the `hub` fixture)
+from huggingface_hub import SpaceCard
 
 import mirror_unet_hf
 from mirror_unet_hf import MirrorUNetConfig, MirrorUNetModel
@@ -120,6 +121,10 @@ def test_push_space_makes_one_commit_in_a_gradio_space_and_sets_the_model(hub, d
     assert set(pushed) == {".gitattributes", *dict(space_files(demo_dir))}
     assert pushed["app.py"] == (demo_dir / "app.py").read_bytes()
     assert repo.variables["MIRROR_UNET_MODEL"]["value"] == "tester/mirror-unet-autopet"
+    readme = SpaceCard(pushed["README.md"].decode())
+    assert readme.data.models == ["tester/mirror-unet-autopet"]  # the Hub links the Space and the model
+    assert readme.text == SpaceCard((demo_dir / "README.md").read_text()).text
+    assert readme.data.sdk == "gradio" and readme.data.app_file == "app.py"
     assert folder_digest(demo_dir) == before  # the folder was only read
 
 

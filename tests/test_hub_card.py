@@ -128,11 +128,31 @@ def test_card_states_the_input_contract(autopet_dir, brats_dir):
 def test_how_to_use_loads_by_repo_id_and_names_the_predict_command(autopet_dir):
     text = section(build_model_card(autopet_dir, REPO_ID, revision="v2").text, "How to use")
     code = re.findall(r"```python\n(.*?)```", text, re.DOTALL)
-    assert len(code) == 1
-    assert f'AutoModel.from_pretrained("{REPO_ID}", trust_remote_code=True, revision="v2")' in code[0]
-    assert "torch.rand(1, 2, 96, 96, 96)" in code[0]  # (B, M, *patch_size)
-    assert "mirror-unet predict" not in code[0]  # named in prose: it needs the package, the block must not
+    assert len(code) == 2  # the pipeline, then the network alone
+    pipeline_block, model_block = code
+    assert (
+        f'pipeline("mirror-unet-segmentation", model="{REPO_ID}", trust_remote_code=True, revision="v2")'
+        in pipeline_block
+    )
+    assert 'segmenter({"ct": "CTres.nii.gz", "pet": "SUV.nii.gz"})' in pipeline_block  # the AutoPET file names
+    assert 'result["lesions"]["summary"]' in pipeline_block  # a PET model: the lesion table
+    assert f'AutoModel.from_pretrained("{REPO_ID}", trust_remote_code=True, revision="v2")' in model_block
+    assert "torch.rand(1, 2, 96, 96, 96)" in model_block  # (B, M, *patch_size)
+    for block in code:
+        assert "mirror-unet predict" not in block  # named in prose: it needs the package, the blocks must not
     assert f"mirror-unet predict --model {REPO_ID} --study DIR --out seg.nii.gz" in text
+
+
+def test_how_to_use_has_the_install_line_and_the_repository_url_is_the_projects(autopet_dir, brats_dir):
+    text = section(build_model_card(autopet_dir, REPO_ID).text, "How to use")
+    install = re.findall(r"```bash\n(.*?)```", text, re.DOTALL)
+    assert len(install) == 1 and "pip install torch transformers nibabel scipy" in install[0]
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    repository = pyproject["project"]["urls"]["Repository"]
+    assert f'pip install "mirror-unet-hf @ git+{repository}"' in install[0]
+    brats = section(build_model_card(brats_dir, REPO_ID).text, "How to use")
+    assert 'segmenter({"flair": "flair.nii.gz", "t1gd": "t1gd.nii.gz"})' in brats
+    assert '"lesions"' not in brats  # no PET: no lesion table
 
 
 def test_training_section_lists_arguments_but_never_credentials(autopet_dir):

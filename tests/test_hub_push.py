@@ -41,6 +41,13 @@ CHECKPOINT_FILES = {
     "modeling_mirror_unet.py",
     "metrics.json",
     "training_args.json",
+    # the image processor and the mirror-unet-segmentation pipeline, with the modules it runs
+    "preprocessor_config.json",
+    "image_processing_mirror_unet.py",
+    "pipeline_mirror_unet.py",
+    "sliding_window.py",
+    "window_merging.py",
+    "errors.py",
 }
 
 
@@ -141,11 +148,22 @@ print("LOADED", os.environ.get("HF_HUB_OFFLINE", "online"))
 """
 
 
+def write_card_study(folder: Path) -> None:
+    """The study files the cards' pipeline example reads (`CTres.nii.gz`, `SUV.nii.gz`): a small phantom."""
+    from mirror_unet_hf.data import make_phantoms
+
+    make_phantoms("autopet", folder / "phantoms", n=1, seed=3, shape=(40, 40, 32))
+    study = next(p.parent for p in (folder / "phantoms").rglob("SUV.nii.gz"))
+    for name in ("CTres.nii.gz", "SUV.nii.gz"):
+        (folder / name).write_bytes((study / name).read_bytes())
+
+
 @pytest.fixture(scope="module")
 def published(tmp_path_factory, checkpoints):
     """Both checkpoints on a loopback Hub, and one fresh process without the package (empty HF_HOME)
     that first runs the python blocks of both cards' "How to use", as a reader would, then LOAD_REMOTE."""
     root = tmp_path_factory.mktemp("published")
+    write_card_study(root)
     with LoopbackHub(root / "hub") as hub:
         push_both(hub, checkpoints)
         blocks = [b for rev in ("main", BRANCH) for b in how_to_use_blocks(hub.files(REPO, rev)["README.md"].decode())]
@@ -164,10 +182,12 @@ def test_hub_id_loads_without_the_package_with_identical_outputs(published):
 
 
 def test_every_code_block_of_the_cards_how_to_use_runs_against_the_hub(published):
-    assert len(published.blocks) == 2  # one per card (main and the branch)
+    assert len(published.blocks) == 4  # per card (main and the branch): the pipeline, the network alone
     assert published.online.returncode == 0, published.online.stdout + published.online.stderr
-    assert published.online.stdout.count("BLOCK-DONE") == 2
-    assert "torch.Size([1, 2, 96, 96, 96])" in published.online.stdout  # the block's own print
+    assert published.online.stdout.count("BLOCK-DONE") == 4
+    assert "torch.Size([1, 2, 96, 96, 96])" in published.online.stdout  # the network block's own print
+    assert published.online.stdout.count("{0: 'background', 1: 'lesion'}") == 2  # the pipeline block's print
+    assert (published.root / "seg.nii.gz").is_file()  # the pipeline block's mask
 
 
 def test_hub_id_loads_offline_from_the_cache_without_the_server(published, checkpoints):

@@ -241,3 +241,48 @@ def test_the_demo_checkpoint_code_copy_loads_in_a_fresh_process_without_the_pack
     env = {"HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": "", "PYTHONNOUSERSITE": "1"}
     result = run_python(REMOTE_DEMO, env, tmp_path, str(DEMO_CHECKPOINT))
     assert result.returncode == 0 and "REMOTE-OK" in result.stdout, result.stdout + result.stderr
+
+
+# ------------------------------------------------------------------ label maps
+
+# Per preset: the name of each final-mask class (the logits' channels), which is also the value it is written as.
+EXPECTED_ID2LABEL = {
+    **{name: {0: "background", 1: "lesion"} for name in PRESETS if name.startswith("autopet")},
+    "brats-v1": {0: "background", 1: "edema", 2: "non-enhancing tumour + enhancing tumour"},
+    "brats-v2": {0: "background", 1: "edema", 2: "non-enhancing tumour + enhancing tumour"},
+    "brats-v2-rec": {0: "background", 1: "edema", 2: "non-enhancing tumour", 3: "enhancing tumour"},
+    "brats-4branch": {0: "background", 1: "edema", 2: "non-enhancing tumour", 3: "enhancing tumour"},
+}
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_id2label_names_every_final_class_and_survives_save_and_load(preset, tmp_path):
+    config = MirrorUNetConfig.from_preset(preset)
+    assert config.id2label == EXPECTED_ID2LABEL[preset]
+    assert config.label2id == {name: index for index, name in EXPECTED_ID2LABEL[preset].items()}
+    assert config.num_labels == len(config.final_label_values)
+    assert list(config.id2label) == config.final_label_values  # every preset writes class k as value k
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["id2label"] == {
+        str(k): v for k, v in EXPECTED_ID2LABEL[preset].items()
+    }  # for readers without the package
+    assert MirrorUNetConfig.from_pretrained(tmp_path).id2label == EXPECTED_ID2LABEL[preset]
+
+
+def test_the_old_demo_config_without_label_maps_loads_with_them():
+    saved = json.loads((DEMO_CHECKPOINT / "config.json").read_text())
+    assert "id2label" not in saved and "custom_pipelines" not in saved  # as saved before either existed
+    config = MirrorUNetConfig.from_pretrained(DEMO_CHECKPOINT)
+    assert config.id2label == {0: "background", 1: "lesion"} and config.label2id == {"background": 0, "lesion": 1}
+
+
+def test_a_label_map_of_the_wrong_size_is_refused_and_an_own_one_is_kept():
+    from mirror_unet_hf.errors import CONFIG_ERRORS
+
+    with pytest.raises(
+        CONFIG_ERRORS, match=r"`id2label` has keys \[0, 1\]; expected one name per final-mask class 0..2"
+    ):
+        MirrorUNetConfig.from_preset("brats-v1", id2label={0: "background", 1: "tumour"})
+    config = MirrorUNetConfig.from_preset("brats-v1", id2label={0: "bg", 1: "ed", 2: "tc"})
+    assert config.id2label == {0: "bg", 1: "ed", 2: "tc"} and config.label2id == {"bg": 0, "ed": 1, "tc": 2}

@@ -1,8 +1,9 @@
 """Keep the committed copies of the model code byte-equal to the package files.
 
-`configuration_mirror_unet.py` and `modeling_mirror_unet.py` travel with every checkpoint as Hub remote
-code, so a checkpoint committed to this repository carries its own copy of them. Those copies must be
-the package files, byte for byte, or the checkpoint would load with code other than the package's.
+`configuration_mirror_unet.py`, `modeling_mirror_unet.py` and the image processor's
+`image_processing_mirror_unet.py` travel with every checkpoint as Hub remote code, so a checkpoint committed
+to this repository carries its own copy of them. Those copies must be the package files, byte for byte, or
+the checkpoint would load (and preprocess) with code other than the package's.
 
     python utils/check_copies.py        # report drifted copies; exit status 1 if any
     python utils/check_copies.py --fix  # rewrite the drifted copies from the package files
@@ -19,7 +20,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The package files that checkpoints carry as remote code, relative to the repository root.
 SOURCE_FOLDER = "mirror_unet_hf"
-CODE_FILES = ("configuration_mirror_unet.py", "modeling_mirror_unet.py")
+CODE_FILES = ("configuration_mirror_unet.py", "modeling_mirror_unet.py", "image_processing_mirror_unet.py")
 # Committed checkpoint folders that hold copies of CODE_FILES (tests/test_check_copies.py fails on a
 # tracked copy elsewhere, so a new one gets added here).
 COPY_FOLDERS = ("demo/checkpoint",)

@@ -10,15 +10,18 @@ Read top to bottom: building blocks, the encoder/decoder levels, the heads, the 
 pretrained base class, then `MirrorUNetModel`. Module classes are prefixed `MirrorUNet` as in
 transformers; their attribute names are the state-dict keys, which saved checkpoints depend on.
 Self-contained (torch + transformers + the configuration file) so that it can travel as Hub remote
-code.
+code. `MirrorUNetModel.save_pretrained` also writes the image processor and the pipeline beside the weights
+(`companion_module`), without the model needing them to load.
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
+import importlib
 import inspect
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -26,11 +29,14 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.dynamic_module_utils import custom_object_save
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_mirror_unet import MirrorUNetConfig
+
+logger = logging.get_logger(__name__)
 
 # ---------------------------------------------------------------------------------------------
 # Building blocks
@@ -432,6 +438,23 @@ class MirrorUNetOutput(ModelOutput):
 PARTS = ("logits", "branches", "bottleneck_decoder", "classification")
 
 
+def companion_module(name: str):
+    """The module ``name`` beside this file (the image processor, the pipeline), or None where it is absent.
+
+    Imported by name rather than with an import statement: transformers requires every file a remote-code
+    module imports, and the model must load from a folder or repo that has only the configuration and
+    modeling files (checkpoints saved before the processor and pipeline existed).
+    """
+    package = __name__.rpartition(".")[0]
+    if not package:
+        return None
+    try:
+        return importlib.import_module(f"{package}.{name}")
+    except ImportError:
+        logger.warning(f"{name}.py is not beside {__name__}; the checkpoint is saved without it")
+        return None
+
+
 def reject_unknown_kwargs(method, kwargs: dict) -> None:
     """Raise `TypeError` for keyword arguments that `method` does not take, listing the ones it does.
 
@@ -544,13 +567,35 @@ class MirrorUNetModel(MirrorUNetPreTrainedModel):
         self.dice_sum_reducer = None
         self.post_init()
 
-    def save_pretrained(self, *args, **kwargs):
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus the checkpoint's companions: the image processor
+        (``preprocessor_config.json`` and its code) and the ``mirror-unet-segmentation`` pipeline (its code and
+        ``custom_pipelines`` in ``config.json``), so that `AutoImageProcessor` and `transformers.pipeline` load
+        the folder or its Hub repo as remote code."""
         if getattr(self, "_folded_for_inference", False):
             raise ValueError(
                 "this is an inference copy with BatchNorm folded into the convolutions (fold_batch_norm); "
                 "save the original model instead"
             )
-        return super().save_pretrained(*args, **kwargs)
+        if kwargs.pop("push_to_hub", False):
+            # transformers uploads only the files its own save_pretrained wrote; push_to_hub saves through this
+            # method into a temporary folder and uploads all of it, companions included
+            hub_keys = ("repo_id", "commit_message", "create_pr", "token", "private", "revision")
+            hub_kwargs = {key: kwargs.pop(key) for key in hub_keys if key in kwargs}
+            self.save_pretrained(save_directory, *args, **kwargs)
+            repo_id = hub_kwargs.pop("repo_id", os.path.basename(os.path.normpath(os.fspath(save_directory))))
+            return self.push_to_hub(repo_id, **hub_kwargs)
+        processor_module = companion_module("image_processing_mirror_unet")
+        pipeline_module = companion_module("pipeline_mirror_unet")
+        if pipeline_module is not None:
+            self.config.custom_pipelines = pipeline_module.custom_pipelines_entry()
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            if processor_module is not None:
+                processor_module.MirrorUNetImageProcessor.from_model_config(self.config).save_pretrained(save_directory)
+            if pipeline_module is not None:
+                custom_object_save(getattr(pipeline_module, pipeline_module.PIPELINE_CLASS), save_directory)
+        return result
 
     # ------------------------------------------------------------------ input checks
 

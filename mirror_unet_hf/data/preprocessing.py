@@ -23,6 +23,11 @@ Steps, in order:
 Shapes: ``PreprocessedStudy.image`` is float32 ``(M, X, Y, Z)`` in ``config.modalities`` order on a RAS
 grid; ``label`` is int64 ``(X, Y, Z)`` or None; ``affine`` maps its voxels to world mm.
 
+The resampling steps 2-5 and the inverse mapping are implemented once, in
+``mirror_unet_hf.image_processing_mirror_unet`` (the image processor that travels with every checkpoint as Hub
+remote code, so that ``AutoImageProcessor`` and the ``mirror-unet-segmentation`` pipeline preprocess exactly as
+this module does); this module adds the defensive file reading of ``nifti_io``, labels and the package's errors.
+
 Library choice. Step 2 (arbitrary affines between grids) uses ``scipy.ndimage.affine_transform``: exact
 for any rotation/shear, and only needed when a modality is not already on the reference grid (AutoPET's
 CTres is). Steps 3-4 keep the axes aligned, so they are separable: reorientation is a numpy view and
@@ -38,21 +43,28 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
 import torch
-import torch.nn.functional as F
-from scipy import ndimage
 
 from ..errors import UserInputError
+from ..image_processing_mirror_unet import (
+    ProcessorInputError,
+    apply_plan,
+    checked_settings,
+    describe_source,
+    normalise_channels,
+    resampling_plan,
+    restore_to_reference,
+    stack_on_reference,
+)
+from ..image_processing_mirror_unet import resample_onto as resample_affines
 from .nifti_io import (
     Grid,
     NiftiSource,
     grid_of,
-    grids_overlap,
     load_nifti,
     max_nifti_bytes,
     read_array,
@@ -104,39 +116,12 @@ def preprocessing_settings(config: Any) -> dict:
     ]
     if missing:
         raise UserInputError(f"preprocessing config {type(config).__name__} lacks attribute(s): {', '.join(missing)}")
-    modalities = [str(m) for m in (config.modalities or [])]
-    if not modalities or len(set(modalities)) != len(modalities):
-        raise UserInputError(f"config.modalities must be a non-empty list of distinct names, got {config.modalities!r}")
-    reference = str(config.reference_modality)
-    if reference not in modalities:
-        raise UserInputError(
-            f"config.reference_modality {reference!r} is not one of config.modalities: {', '.join(modalities)}"
+    try:
+        return checked_settings(
+            config.modalities, config.reference_modality, config.target_spacing, config.intensity_windows
         )
-    spacing = config.target_spacing
-    if spacing is not None:
-        spacing = [float(v) for v in spacing]
-        if len(spacing) != 3 or not all(math.isfinite(v) and v > 0 for v in spacing):
-            raise UserInputError(
-                f"config.target_spacing must be 3 positive numbers in mm or None, got {config.target_spacing!r}"
-            )
-    windows = {}
-    for name, window in dict(config.intensity_windows or {}).items():
-        if name not in modalities:
-            raise UserInputError(
-                f"config.intensity_windows names {name!r}, which is not one of config.modalities: {', '.join(modalities)}"
-            )
-        low, high = (float(v) for v in window)
-        if not high > low:
-            raise UserInputError(
-                f"config.intensity_windows[{name!r}] = {list(window)}; expected [low, high] with high > low"
-            )
-        windows[name] = [low, high]
-    return {
-        "modalities": modalities,
-        "reference_modality": reference,
-        "target_spacing": spacing,
-        "intensity_windows": windows,
-    }
+    except ProcessorInputError as error:
+        raise UserInputError(str(error)) from None
 
 
 @dataclass
@@ -199,18 +184,15 @@ def preprocess_study(
     if label is not None:
         label_array = _read_label(label, config, reference, reference_grid, case_id)
 
-    ornt, oriented = _ras_orientation(reference_grid)
-    target, ratio = _target_grid(oriented, settings["target_spacing"])
+    plan = resampling_plan(reference_grid.shape, reference_grid.affine, settings["target_spacing"])
+    target = Grid(plan.shape, plan.affine)
     _check_resampled_size(
-        target, len(modalities), reference_grid, settings, _describe(images[reference], reference), case_id
+        target, len(modalities), reference_grid, settings, describe_source(images[reference], reference), case_id
     )
-    stacked = _zoom(_reorient(stacked, ornt), ratio, target.shape, order=1)
-    for index, name in enumerate(modalities):
-        _normalise_in_place(stacked[index], settings["intensity_windows"].get(name))
+    stacked = apply_plan(stacked, plan, order=1)
+    normalise_channels(stacked, modalities, settings["intensity_windows"])
     if label_array is not None:
-        label_array = _zoom(_reorient(np.rint(label_array)[None], ornt), ratio, target.shape, order=0)[0].astype(
-            np.int64
-        )
+        label_array = apply_plan(np.rint(label_array)[None], plan, order=0)[0].astype(np.int64)
 
     return PreprocessedStudy(
         image=np.ascontiguousarray(stacked, dtype=np.float32),
@@ -231,33 +213,12 @@ def to_reference_grid(array: np.ndarray | torch.Tensor, study: PreprocessedStudy
     and lies on ``study.reference_affine``. ``order=0`` (nearest) keeps the dtype, for labels;
     ``order=1`` (trilinear) returns float32, for probabilities or logits.
     """
-    if isinstance(array, torch.Tensor):
-        array = array.detach().cpu().numpy()
-    array = np.asarray(array)
-    if order not in (0, 1):
-        raise UserInputError(f"order must be 0 (nearest, labels) or 1 (linear, probabilities), got {order!r}")
-    squeeze = array.ndim == 3
-    if squeeze:
-        array = array[None]
-    expected = tuple(int(n) for n in study.image.shape[1:])
-    if array.ndim != 4 or tuple(array.shape[1:]) != expected:
-        raise UserInputError(
-            f"array of shape {tuple(array.shape)} is not on the preprocessed grid; expected (C, {expected}) or {expected}"
+    try:
+        return restore_to_reference(
+            array, study.image.shape[1:], study.affine, study.reference_shape, study.reference_affine, order
         )
-    ornt, oriented = _ras_orientation(
-        Grid(tuple(study.reference_shape), np.asarray(study.reference_affine, dtype=np.float64))
-    )
-    forward = np.linalg.inv(oriented.affine) @ np.asarray(study.affine, dtype=np.float64)
-    ratio = np.diag(forward[:3, :3]).copy()
-    if not np.allclose(forward[:3, :3], np.diag(ratio), atol=1e-6) or not np.allclose(
-        forward[:3, 3], 0.5 * ratio - 0.5, atol=1e-4
-    ):
-        raise ValueError("study.affine is not an axis-aligned rescaling of the reference grid; was it modified?")
-    restored = _zoom(array, 1.0 / ratio, oriented.shape, order=order)
-    inverse = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"), ornt)
-    restored = _reorient(restored, inverse)
-    restored = np.ascontiguousarray(restored)
-    return restored[0] if squeeze else restored
+    except ProcessorInputError as error:
+        raise UserInputError(str(error)) from None
 
 
 def default_foreground_channels(modalities: Sequence[str]) -> list[int]:
@@ -308,15 +269,6 @@ def _study(case_id: str | None) -> str:
     return f"study {case_id!r}: " if case_id else ""
 
 
-def _describe(source: Any, name: str) -> str:
-    """How a modality's file is named in messages: its path, the image's file name, or '<name> image'."""
-    if isinstance(source, (str, Path)):
-        return str(source)
-    file_map = getattr(source, "file_map", None) or {}
-    filename = getattr(file_map.get("image"), "filename", None)
-    return str(filename) if filename else f"{name} image"
-
-
 def _check_modality_names(images: Mapping[str, NiftiSource], modalities: Sequence[str], case_id: str | None) -> None:
     for name in modalities:
         if name not in images:
@@ -332,21 +284,18 @@ def _stack_on_reference_grid(
     images: Mapping[str, NiftiSource], modalities: Sequence[str], reference: str, case_id: str | None
 ) -> tuple[Grid, np.ndarray]:
     """The reference modality's grid and ``(C, X, Y, Z)`` of every modality resampled onto it (through the affines)."""
-    volumes = {name: _load_volume(images[name], case_id, name) for name in modalities}
-    reference_grid = volumes[reference][0]
-    channels = []
+    volumes = {}
     for name in modalities:
-        grid, data = volumes[name]
-        if not same_grid(grid, reference_grid):
-            if not grids_overlap(grid, reference_grid):
-                raise UserInputError(
-                    f"{where(case_id, _describe(images[name], name))}: grid does not overlap the {reference!r} grid "
-                    "in world space; check the affines"
-                )
-            data = resample_onto(data, grid, reference_grid, order=1, cval=float(data.min()))
-        channels.append(data)
-        volumes[name] = None  # free the original as soon as it is on the reference grid
-    return reference_grid, np.stack(channels)
+        grid, data = _load_volume(images[name], case_id, name)
+        volumes[name] = (data, grid.affine)
+    reference_grid = Grid(tuple(volumes[reference][0].shape), volumes[reference][1])
+    try:
+        stacked = stack_on_reference(
+            volumes, modalities, reference, lambda name: where(case_id, describe_source(images[name], name))
+        )
+    except ProcessorInputError as error:
+        raise UserInputError(str(error)) from None
+    return reference_grid, stacked
 
 
 def _read_label(
@@ -355,10 +304,12 @@ def _read_label(
     """The label volume, checked against the config's label map and required on the reference grid."""
     label_grid, label_array = _load_volume(label, case_id, "label")
     label_names = getattr(config, "label_names", None)
-    require_label_values(label_array, len(label_names) if label_names else None, case_id, _describe(label, "label"))
+    require_label_values(
+        label_array, len(label_names) if label_names else None, case_id, describe_source(label, "label")
+    )
     if not same_grid(label_grid, reference_grid):
         raise UserInputError(
-            f"{where(case_id, _describe(label, 'label'))}: label grid (shape {label_grid.shape}) disagrees with the "
+            f"{where(case_id, describe_source(label, 'label'))}: label grid (shape {label_grid.shape}) disagrees with the "
             f"{reference!r} grid (shape {reference_grid.shape}); expected the same shape and affine"
         )
     return label_array
@@ -378,7 +329,7 @@ def _check_resampled_size(
 
 
 def _load_volume(source: NiftiSource, case_id: str | None, name: str) -> tuple[Grid, np.ndarray]:
-    described = _describe(source, name)
+    described = describe_source(source, name)
     image = load_nifti(source, case_id, described)
     data = require_3d(read_array(image, case_id, described), case_id, described)
     require_finite(data, case_id, described)
@@ -387,92 +338,4 @@ def _load_volume(source: NiftiSource, case_id: str | None, name: str) -> tuple[G
 
 def resample_onto(data: np.ndarray, source: Grid, target: Grid, order: int, cval: float) -> np.ndarray:
     """Sample ``data`` (on ``source``) at the voxel centres of ``target`` through the world coordinates."""
-    voxel_map = np.linalg.inv(source.affine) @ target.affine
-    return ndimage.affine_transform(
-        data,
-        voxel_map[:3, :3],
-        offset=voxel_map[:3, 3],
-        output_shape=target.shape,
-        order=order,
-        mode="constant",
-        cval=cval,
-        prefilter=False,
-    ).astype(np.float32, copy=False)
-
-
-def _ras_orientation(grid: Grid) -> tuple[np.ndarray, Grid]:
-    """The flip/transpose that brings ``grid`` to RAS+, and the grid it produces."""
-    ornt = nib.orientations.io_orientation(grid.affine)
-    shape = [0, 0, 0]
-    for axis, (new_axis, _) in enumerate(ornt):
-        shape[int(new_axis)] = grid.shape[axis]
-    affine = grid.affine @ nib.orientations.inv_ornt_aff(ornt, grid.shape)
-    return ornt, Grid(tuple(shape), affine)
-
-
-def _reorient(array: np.ndarray, ornt: np.ndarray) -> np.ndarray:
-    """Apply a nibabel orientation (flips and an axis permutation) to the last three axes of ``(C, X, Y, Z)``."""
-    return np.stack([nib.orientations.apply_orientation(channel, ornt) for channel in array])
-
-
-def _target_grid(oriented: Grid, target_spacing: Sequence[float] | None) -> tuple[Grid, np.ndarray]:
-    """Grid with ``target_spacing`` covering the same field of view (corner-aligned), and the ratio target/current."""
-    if target_spacing is None:
-        return oriented, np.ones(3)
-    ratio = np.asarray(target_spacing, dtype=np.float64) / np.asarray(oriented.spacing)
-    if np.allclose(ratio, 1.0, rtol=0, atol=1e-6):
-        return oriented, np.ones(3)
-    shape = tuple(max(1, round(n / r)) for n, r in zip(oriented.shape, ratio))
-    step = np.eye(4)
-    step[:3, :3] = np.diag(ratio)
-    step[:3, 3] = 0.5 * ratio - 0.5
-    return Grid(shape, oriented.affine @ step), ratio
-
-
-def _zoom(array: np.ndarray, ratio: np.ndarray, out_shape: Sequence[int], order: int) -> np.ndarray:
-    """Axis-aligned resampling of ``(C, X, Y, Z)``: output voxel ``i`` samples input ``(i + 0.5) * ratio - 0.5``.
-
-    Edges repeat (like ``mode="nearest"``). Order 0 gathers indices and keeps the dtype; order 1 is trilinear float32.
-    """
-    out_shape = tuple(int(n) for n in out_shape)
-    if np.allclose(ratio, 1.0, rtol=0, atol=1e-9) and tuple(array.shape[1:]) == out_shape:
-        return array
-    if order == 0:
-        index = [
-            np.clip(np.floor((np.arange(n_out) + 0.5) * r), 0, n_in - 1).astype(np.intp)
-            for n_out, r, n_in in zip(out_shape, ratio, array.shape[1:])
-        ]
-        return array[(slice(None), *np.ix_(*index))]
-    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None]
-    scale = [1.0 / float(r) for r in ratio]
-    # torch makes floor(n * scale) voxels; pad the far edge by repetition (which is what clamping
-    # samples anyway) until there are enough, then cut to the exact shape.
-    pads = []
-    for n_in, s, n_out in zip(array.shape[1:], scale, out_shape):
-        extra = 0
-        while math.floor((n_in + extra) * s) < n_out:
-            extra += 1
-        pads.append(extra)
-    if any(pads):
-        tensor = F.pad(tensor, (0, pads[2], 0, pads[1], 0, pads[0]), mode="replicate")
-    with torch.no_grad():
-        out = F.interpolate(
-            tensor, scale_factor=scale, mode="trilinear", align_corners=False, recompute_scale_factor=False
-        )
-    return out[0, :, : out_shape[0], : out_shape[1], : out_shape[2]].numpy()
-
-
-def _normalise_in_place(channel: np.ndarray, window: Sequence[float] | None) -> None:
-    if window is not None:
-        low, high = window
-        np.clip(channel, low, high, out=channel)
-        channel -= low
-        channel /= high - low
-        return
-    nonzero = channel != 0
-    if not nonzero.any():
-        return
-    values = channel[nonzero]
-    mean = float(values.mean(dtype=np.float64))
-    std = float(values.std(dtype=np.float64))
-    channel[nonzero] = (values - mean) / (std if std > 1e-8 else 1.0)
+    return resample_affines(data, source.affine, target.shape, target.affine, order=order, cval=cval)

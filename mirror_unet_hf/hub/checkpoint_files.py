@@ -1,9 +1,9 @@
 """The files of a Mirror U-Net checkpoint folder: what must be there to publish it, and the run's own JSON files.
 
-A checkpoint folder is what `MirrorUNetModel.save_pretrained` writes (``config.json``, ``model.safetensors``
-and the two remote-code files) plus two files the training script writes next to the weights. This module
-is their one writer and one reader each (`write_metrics` / `read_metrics`, `write_training_args` /
-`read_training_args`).
+A checkpoint folder is what `MirrorUNetModel.save_pretrained` writes (``config.json``, ``model.safetensors``,
+the two model code files, and the image processor and pipeline: `COMPANION_FILES`) plus two files the
+training script writes next to the weights. This module is their one writer and one reader each
+(`write_metrics` / `read_metrics`, `write_training_args` / `read_training_args`).
 
 ``metrics.json`` — the validation result of the checkpoint::
 
@@ -46,6 +46,17 @@ from ..tasks import task_names
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 CODE_FILES = ("configuration_mirror_unet.py", "modeling_mirror_unet.py")
+PROCESSOR_FILE = "preprocessor_config.json"
+# What `MirrorUNetModel.save_pretrained` writes besides the model: the image processor and the
+# `mirror-unet-segmentation` pipeline with the modules it runs (remote code, self-contained as a set).
+COMPANION_CODE_FILES = (
+    "image_processing_mirror_unet.py",
+    "pipeline_mirror_unet.py",
+    "sliding_window.py",
+    "window_merging.py",
+    "errors.py",
+)
+COMPANION_FILES = (PROCESSOR_FILE, *COMPANION_CODE_FILES)
 METRICS_FILE = "metrics.json"
 TRAINING_ARGS_FILE = "training_args.json"
 
@@ -192,3 +203,34 @@ def count_parameters(config: MirrorUNetConfig, weights: Path) -> int:
         parts += [f"{len(extra)} unexpected tensor(s), e.g. {extra[0]}"] if extra else []
         raise UserInputError(f"{weights} does not match {weights.parent / CONFIG_FILE}: {'; '.join(parts)}")
     return sum(p.numel() for p in model.parameters())
+
+
+def companion_files(folder: Path, config: MirrorUNetConfig, staging: Path) -> list[tuple[str, Path]]:
+    """(name, file) of the processor and pipeline files a checkpoint folder publishes, and its ``config.json``.
+
+    A folder written by `MirrorUNetModel.save_pretrained` has them all and they are published as they are.
+    An older folder (saved before the image processor and the pipeline existed) gets what it lacks written
+    into `staging` from this package: ``preprocessor_config.json`` made from its config, the code files, and a
+    copy of its ``config.json`` with ``custom_pipelines`` (and the ``id2label`` / ``label2id`` maps) added.
+    """
+    from transformers.dynamic_module_utils import custom_object_save
+
+    from ..image_processing_mirror_unet import MirrorUNetImageProcessor
+    from ..pipeline_mirror_unet import MirrorUNetSegmentationPipeline, custom_pipelines_entry
+
+    missing = [name for name in COMPANION_FILES if not (folder / name).is_file()]
+    if missing:
+        MirrorUNetImageProcessor.from_model_config(config).save_pretrained(staging)
+        custom_object_save(MirrorUNetSegmentationPipeline, staging)
+    files = [(name, folder / name if name not in missing else staging / name) for name in COMPANION_FILES]
+    saved = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    added = {
+        "custom_pipelines": custom_pipelines_entry(),
+        "id2label": {str(key): name for key, name in config.id2label.items()},
+        "label2id": dict(config.label2id),
+    }
+    if all(key in saved for key in added):
+        return [(CONFIG_FILE, folder / CONFIG_FILE), *files]
+    staged_config = staging / CONFIG_FILE
+    staged_config.write_text(json.dumps({**added, **saved}, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return [(CONFIG_FILE, staged_config), *files]

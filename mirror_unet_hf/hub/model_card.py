@@ -29,6 +29,8 @@ from .checkpoint_files import (
 from .client import REPO_ID
 
 CARD_TEMPLATES = Path(__file__).parents[1] / "hub_cards"
+# Where the package's source lives (pyproject.toml's [project.urls] Repository; the card's install line).
+REPOSITORY_URL = "https://github.com/mirror-unet-hf/mirror-unet-hf"
 MODEL_CARD_TEMPLATE = CARD_TEMPLATES / "model_card.md.j2"
 
 ACTIVATION_NAMES = {"prelu": "PReLU", "relu": "ReLU", "leakyrelu": "LeakyReLU", "gelu": "GELU"}
@@ -228,6 +230,21 @@ def _architecture_context(config: MirrorUNetConfig, parameters: int) -> dict:
         "total_stride": config.total_stride,
         "patch_size": _format_value(config.patch_size),
         "example_shape": ", ".join(str(s) for s in [1, len(config.modalities), *config.patch_size]),
+        **_pipeline_context(config),
+    }
+
+
+def _pipeline_context(config: MirrorUNetConfig) -> dict:
+    """Template variables of the card's pipeline example: the install source, one study's files, the outputs."""
+    from ..image_processing_mirror_unet import MirrorUNetImageProcessor
+    from ..pipeline_mirror_unet import SUV_MODALITY
+
+    processor = MirrorUNetImageProcessor.from_model_config(config)
+    files = {m: (processor.study_file_names.get(m) or [f"{m}.nii.gz"])[0] for m in config.modalities}
+    return {
+        "repository_url": REPOSITORY_URL,
+        "example_inputs": "{" + ", ".join(f'"{m}": "{name}"' for m, name in files.items()) + "}",
+        "lesion_table": SUV_MODALITY in config.modalities,
     }
 
 

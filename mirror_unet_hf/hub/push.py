@@ -15,11 +15,12 @@ from pathlib import Path
 from ..errors import UserInputError
 from .checkpoint_files import (
     CODE_FILES,
-    CONFIG_FILE,
     METRICS_FILE,
     TRAINING_ARGS_FILE,
     WEIGHTS_FILE,
     check_checkpoint_folder,
+    companion_files,
+    load_checkpoint_config,
     read_training_args,
     write_training_args,
 )
@@ -55,11 +56,11 @@ def push_checkpoint(
 ) -> str:
     """Publish a checkpoint folder as a Hub model repo with a generated model card; returns the repo URL.
 
-    Uploads ``config.json``, ``model.safetensors``, the two remote-code files, ``README.md`` (the card)
-    and, when present, ``metrics.json`` (from `metrics_path` or the folder) and ``training_args.json``
-    (without credential-like keys), all in one commit on `revision` (a branch, created from ``main``
-    when missing). The repo is created when missing (public unless `private`). Nothing in `model_dir`
-    is written: its files are only read, and the card is staged in a temporary folder.
+    Uploads ``config.json``, ``model.safetensors``, the model, processor and pipeline code and
+    ``preprocessor_config.json``, ``README.md`` (the card) and, when present, ``metrics.json`` (from
+    `metrics_path` or the folder) and ``training_args.json`` (without credential-like keys), in one commit on
+    `revision` (a branch, created from ``main`` when missing; the repo too, public unless `private`). An older
+    folder gets the processor and pipeline from this package (`companion_files`); `model_dir` is only read.
 
     Args:
         model_dir: folder written by `MirrorUNetModel.save_pretrained` (+ the training script's JSON files).
@@ -86,11 +87,12 @@ def push_checkpoint(
     card = render_model_card(card_data, context)
     token = resolve_token(token)
     preset = f" {context['preset']}" if context["preset"] else ""
-    files = [(name, folder / name) for name in (CONFIG_FILE, WEIGHTS_FILE, *CODE_FILES)]
+    files = [(name, folder / name) for name in (WEIGHTS_FILE, *CODE_FILES)]
     if metrics_path is not None:
         files.append((METRICS_FILE, Path(metrics_path)))
     with tempfile.TemporaryDirectory(prefix="mirror-unet-push-") as tmp:
         staging = Path(tmp)
+        files += companion_files(folder, load_checkpoint_config(folder), staging)
         card.save(staging / CARD_FILE)
         files.append((CARD_FILE, staging / CARD_FILE))
         if (folder / TRAINING_ARGS_FILE).is_file():

@@ -4,15 +4,18 @@
 with the Space metadata, and the bundled ``checkpoint/`` and ``examples/`` when present) together with a
 copy of this `mirror_unet_hf` package under ``mirror_unet_hf/``, so that the Space runs exactly this
 code without installing it from an index. With `model_id`, the Space variable ``MIRROR_UNET_MODEL``
-makes the app load that Hub model instead of the bundled checkpoint. The demo folder is only read.
+makes the app load that Hub model instead of the bundled checkpoint, and the uploaded README.md lists it
+under ``models:`` (the Hub links model and Space). The demo folder is only read.
 """
 
 from __future__ import annotations
 
 import re
+import tempfile
 from pathlib import Path
 
 import yaml
+from huggingface_hub import SpaceCard
 
 from ..errors import UserInputError
 from ..files import is_pickle_file
@@ -57,6 +60,19 @@ def read_space_metadata(readme: str | Path) -> dict:
     if not isinstance(metadata.get("app_file"), str) or not metadata["app_file"]:
         raise UserInputError(f"{path}: app_file is missing; expected app_file: {APP_FILE}")
     return metadata
+
+
+def readme_linking_model(readme: Path, model_id: str, staging: Path) -> Path:
+    """A copy of the Space's README.md in `staging` whose metadata lists `model_id` under ``models:`` (the Hub
+    then links the Space from the model's page and the model from the Space's)."""
+    card = SpaceCard(readme.read_text(encoding="utf-8"))
+    models = list(card.data.models or [])
+    if model_id not in models:
+        models.append(model_id)
+    card.data.models = models
+    staged = staging / CARD_FILE
+    staged.write_text(str(card), encoding="utf-8")
+    return staged
 
 
 def _visible_files(folder: Path) -> list[Path]:
@@ -120,7 +136,8 @@ def push_space(
             the app file, ``requirements.txt``, optionally ``checkpoint/`` (a save_pretrained folder) and
             ``examples/``. Hidden files and ``__pycache__`` are left out; pickle files are refused.
         repo_id: ``namespace/name`` of the Space, created when missing (SDK gradio).
-        model_id: a Hub model id the Space should serve, set as its ``MIRROR_UNET_MODEL`` variable.
+        model_id: a Hub model id the Space should serve, set as its ``MIRROR_UNET_MODEL`` variable and listed
+            under ``models:`` in the uploaded README.md.
         include_package: also upload this `mirror_unet_hf` package's source under ``mirror_unet_hf/``.
         private, revision, commit_message, token, endpoint, timeout: as for `mirror_unet_hf.hub.push_checkpoint`.
 
@@ -133,18 +150,22 @@ def push_space(
         raise UserInputError(f"model id {model_id!r} is not a Hub repo id; expected NAMESPACE/NAME")
     files = space_files(demo_dir, include_package=include_package)
     token = resolve_token(token)
-    url = commit_files(
-        files,
-        repo_id,
-        "space",
-        private=private,
-        revision=revision,
-        commit_message=commit_message or "Upload the Mirror U-Net demo",
-        token=token,
-        endpoint=endpoint,
-        timeout=timeout,
-        space_sdk="gradio",
-    )
+    with tempfile.TemporaryDirectory(prefix="mirror-unet-space-") as tmp:
+        if model_id is not None:
+            readme = readme_linking_model(Path(demo_dir) / CARD_FILE, model_id, Path(tmp))
+            files = [(name, readme if name == CARD_FILE else path) for name, path in files]
+        url = commit_files(
+            files,
+            repo_id,
+            "space",
+            private=private,
+            revision=revision,
+            commit_message=commit_message or "Upload the Mirror U-Net demo",
+            token=token,
+            endpoint=endpoint,
+            timeout=timeout,
+            space_sdk="gradio",
+        )
     if model_id is not None:
         api = hub_api(token, endpoint)
         with request_timeout(timeout), hub_errors(f"pushing to Space {repo_id}", api.endpoint, timeout):

@@ -1,6 +1,7 @@
 """The trained model as the run leaves it: `best/` and `final/` are `save_pretrained` folders (weights,
-config, remote code) with `training_args.json` (the run's settings) and `metrics.json` (its validation
-metrics), each written into a hidden temporary folder and renamed; `--push_to_hub` uploads one of them."""
+config, remote code, image processor and pipeline) with `training_args.json` (the run's settings) and
+`metrics.json` (its validation metrics), each written into a hidden temporary folder and renamed;
+`--push_to_hub` uploads one of them."""
 
 from __future__ import annotations
 
