@@ -3,7 +3,7 @@ folders are refused with the reason, and the installed package runs none of a ch
 
 from __future__ import annotations
 
-import re
+import ast
 import shutil
 from pathlib import Path
 
@@ -111,17 +111,39 @@ def test_the_installed_package_runs_none_of_the_checkpoint_code(model_dir, tmp_p
     assert not marker.exists()
 
 
-UNSAFE = re.compile(
-    r"torch\.load\(|pickle\.loads?\(|weights_only\s*=\s*False|allow_pickle\s*=\s*True|"
-    r"trust_remote_code\s*=\s*True|\bdill\b|joblib\.load|cloudpickle"
-)
+def unsafe_calls(tree: ast.AST) -> list[tuple[int, str]]:
+    """Calls that can run pickled code: torch.load without weights_only=True, pickle/dill/joblib/cloudpickle
+    loads, allow_pickle=True, trust_remote_code=True."""
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        name = ast.unparse(node.func)
+        keywords = {k.arg: k.value for k in node.keywords if k.arg}
+        literal = {k: v.value for k, v in keywords.items() if isinstance(v, ast.Constant)}
+        if name.endswith("torch.load") and literal.get("weights_only") is not True:
+            found.append((node.lineno, f"{name} without weights_only=True"))
+        elif name.split(".")[0] in {"pickle", "dill", "joblib", "cloudpickle"} and name.split(".")[-1] in {
+            "load",
+            "loads",
+        }:
+            found.append((node.lineno, name))
+        elif literal.get("allow_pickle") is True or literal.get("trust_remote_code") is True:
+            found.append((node.lineno, f"{name} with allow_pickle/trust_remote_code=True"))
+    return found
 
 
 def test_no_unsafe_deserialisation_in_the_package_or_the_training_scripts():
     hits = [
-        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        f"{path.relative_to(ROOT)}:{line}: {what}"
         for path in sorted([*(ROOT / "mirror_unet_hf").rglob("*.py"), *(ROOT / "train").rglob("*.py")])
-        for number, line in enumerate(path.read_text().splitlines(), start=1)
-        if UNSAFE.search(line.split("#")[0])
+        for line, what in unsafe_calls(ast.parse(path.read_text(encoding="utf-8")))
     ]
     assert hits == []
+
+
+def test_the_unsafe_call_check_finds_what_it_looks_for():
+    code = "import torch, pickle\ntorch.load(f)\ntorch.load(f, weights_only=False)\npickle.loads(b)\n"
+    code += "np.load(f, allow_pickle=True)\nAutoModel.from_pretrained(d, trust_remote_code=True)\n"
+    code += "torch.load(f, weights_only=True)\n"
+    assert [line for line, _ in unsafe_calls(ast.parse(code))] == [2, 3, 4, 5, 6]

@@ -98,6 +98,12 @@ def max_difference(a, b):
     return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
 
 
+def failure_report(stderr: str) -> str:
+    """The lines of every rank's own traceback (a crashed rank's error is often far from the end), then the tail."""
+    ranks = [line for line in stderr.splitlines() if line.startswith(("[rank0]", "[rank1]"))]
+    return "\n".join(ranks[-60:]) + "\n...\n" + stderr[-2000:]
+
+
 def two_process_difference(phantom_dir, tmp_path, norm, **model):
     # SGD: Adam divides by sqrt(v) + eps, which turns float-summation noise in parameters whose exact
     # gradient is zero (conv biases right before a norm) into steps of ~lr·noise/eps; measured with Adam
@@ -126,7 +132,7 @@ def two_process_difference(phantom_dir, tmp_path, norm, **model):
         env={"ACCELERATE_USE_CPU": "1"},
         launcher=torchrun,
     )
-    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.returncode == 0, failure_report(two.stderr)
     args = json.loads((tmp_path / f"two-{norm}" / "final" / "training_args.json").read_text())
     assert args["num_processes"] == 2, "torchrun must give two real processes"
     one = run(base + ["--per_device_train_batch_size", "4", "--output_dir", str(tmp_path / f"one-{norm}")])
