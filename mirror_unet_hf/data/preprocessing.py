@@ -178,6 +178,7 @@ def preprocess_study(
     label: NiftiSource | None = None,
     *,
     case_id: str | None = None,
+    normalise: bool = True,
 ) -> PreprocessedStudy:
     """Preprocess one study (see the module docstring for the steps and shapes).
 
@@ -186,6 +187,7 @@ def preprocess_study(
         config: any object with ``modalities``, ``reference_modality``, ``target_spacing``, ``intensity_windows``.
         label: optional label volume on the reference modality's grid.
         case_id: named in error messages and kept on the result.
+        normalise: False skips step 5 (the prepared cache stores windowed modalities unnormalised).
 
     Returns:
         ``PreprocessedStudy``. Raises ``UserInputError`` naming the study and file for any bad input.
@@ -206,7 +208,8 @@ def preprocess_study(
     )
     stacked = _zoom(_reorient(stacked, ornt), ratio, target.shape, order=1)
     for index, name in enumerate(modalities):
-        _normalise_in_place(stacked[index], settings["intensity_windows"].get(name))
+        if normalise:
+            normalise_channel(stacked[index], settings["intensity_windows"].get(name))
     if label_array is not None:
         label_array = _zoom(_reorient(np.rint(label_array)[None], ornt), ratio, target.shape, order=0)[0].astype(
             np.int64
@@ -462,7 +465,9 @@ def _zoom(array: np.ndarray, ratio: np.ndarray, out_shape: Sequence[int], order:
     return out[0, :, : out_shape[0], : out_shape[1], : out_shape[2]].numpy()
 
 
-def _normalise_in_place(channel: np.ndarray, window: Sequence[float] | None) -> None:
+def normalise_channel(channel: np.ndarray, window: Sequence[float] | None) -> None:
+    """Step 5 on one float32 channel, in place: clip to ``window`` and scale to [0, 1], or z-score the non-zero
+    voxels when ``window`` is None."""
     if window is not None:
         low, high = window
         np.clip(channel, low, high, out=channel)
