@@ -215,7 +215,8 @@ def main() -> int:
     )
     p = results["projection_autopet3"]
     print(
-        f"projection for {RELEASE_STUDIES} studies: {p['disk_bytes_after'] / 1e9:.0f} GB (before {p['disk_bytes_before'] / 1e12:.2f} TB), "
+        f"projection for {RELEASE_STUDIES} studies: {p['disk_bytes_after'] / 1e9:.0f} GB "
+        f"(before {p['disk_bytes_before'] / 1e12:.2f} TB), "
         + ", ".join(f"{h:.1f} h at {c} process(es)" for c, h in p["hours"].items())
     )
     print(f"wrote {args.out}")
