@@ -31,6 +31,7 @@ USER_ERRNOS = frozenset(
 # command name -> module under mirror_unet_hf.commands
 COMMANDS = {
     "make-phantoms": "make_phantoms",
+    "prepare": "prepare",
     "presets": "presets",
     "predict": "predict",
     "evaluate": "evaluate",

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-import mirror_unet_hf.data.sampling as sampling_module
+import mirror_unet_hf.data.prepared as prepared_module
 from mirror_unet_hf.data import (
     DIAGNOSIS_NAMES,
     MirrorPatchDataset,
@@ -119,18 +120,17 @@ def test_brain_tumour_patches_have_no_diagnosis(brain_phantoms, tmp_path):
 
 def test_studies_are_preprocessed_once_and_then_read_from_the_cache(autopet_splits, monkeypatch):
     calls = []
-    original = sampling_module.preprocess_study
-    monkeypatch.setattr(sampling_module, "preprocess_study", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = prepared_module.preprocess_study
+    monkeypatch.setattr(prepared_module, "preprocess_study", lambda *a, **k: calls.append(1) or original(*a, **k))
     config = PreprocessingConfig(("pet", "ct"), "pet", (3.0, 3.0, 3.0), {"pet": (0, 10)})
     first = prepare_studies(autopet_splits["validation"], config)
     assert len(calls) == len(autopet_splits["validation"])
-    (cache_file,) = {f["filename"] for f in first.dataset.cache_files}
-    stamp = os.stat(cache_file).st_mtime_ns
+    stamps = [os.stat(path).st_mtime_ns for path in first.files]
+    (folder,) = {path.parent for path in first.files}
+    assert folder.parent.parent == Path(autopet_splits["validation"].cache_files[0]["filename"]).parent
     second = prepare_studies(autopet_splits["validation"], config)
     assert len(calls) == len(autopet_splits["validation"]), "the second call must not preprocess again"
-    assert {f["filename"] for f in second.dataset.cache_files} == {cache_file} and os.stat(
-        cache_file
-    ).st_mtime_ns == stamp
+    assert second.files == first.files and [os.stat(path).st_mtime_ns for path in second.files] == stamps
 
 
 def test_validation_studies_restore_onto_the_original_grid(autopet_splits, autopet_phantoms):

@@ -116,7 +116,7 @@ def train(args: TrainingArguments) -> int:
     accelerator = make_accelerator(args)
     set_seed(args.seed)
 
-    dataset, data_dir = training_data(args, accelerator)
+    dataset, data_dir = training_data(args, accelerator, config)
     if accelerator.is_main_process:  # only once the data is known to be usable
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
         if resume is None and args.overwrite_output_dir:

@@ -2,6 +2,8 @@
 
 - ``load_mirror_dataset(name, data_dir, fold, num_folds, cache_dir, skip_bad)`` -> ``DatasetDict`` (train/validation)
 - ``preprocess_study(images, config, label)`` -> ``PreprocessedStudy``; ``to_reference_grid`` maps results back
+- ``prepare_dataset(name, data_dir, cache_dir, num_proc)`` prepares every study once into a compact cache
+  (``mirror-unet prepare``); ``load_prepared_dataset(name, data_dir, config, fold, ...)`` -> its folds, read by
 - ``MirrorPatchDataset`` (training patches), ``prepare_studies`` (whole preprocessed studies for validation)
 - ``make_phantoms(layout, out_dir, n, seed, shape)`` writes synthetic studies in the real layouts
 """
@@ -19,6 +21,8 @@ from .constants import (
     diagnosis_index,
 )
 from .phantoms import make_phantoms
+from .preparation import load_prepared_dataset, prepare_dataset
+from .prepared import PreparedStudies, prepare_studies
 from .preprocessing import (
     PreprocessedStudy,
     PreprocessingConfig,
@@ -30,9 +34,7 @@ from .preprocessing import (
 )
 from .sampling import (
     MirrorPatchDataset,
-    PreparedStudies,
     extract_patch,
-    prepare_studies,
     sample_patch_centres,
     sample_patches,
 )
@@ -60,7 +62,9 @@ __all__ = [
     "extract_patch",
     "foreground_box",
     "load_mirror_dataset",
+    "load_prepared_dataset",
     "make_phantoms",
+    "prepare_dataset",
     "prepare_studies",
     "preprocess_study",
     "sample_patch_centres",

@@ -82,6 +82,15 @@ def discover_studies(name: str, root: Path) -> list[StudyFiles]:
     return studies
 
 
+def file_stamp(path: Path) -> str:
+    """``path|size|mtime_ns`` (``path|missing`` when it cannot be read): what a fingerprint hashes per file."""
+    try:
+        stat = path.stat()
+        return f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    except OSError:
+        return f"{path}|missing"
+
+
 def source_fingerprint(root: Path, studies: list[StudyFiles], task: str | TaskSpec = "autopet") -> str:
     """Hash of the names, sizes and modification times of every file the build would read."""
     paths = sorted(
@@ -91,12 +100,15 @@ def source_fingerprint(root: Path, studies: list[StudyFiles], task: str | TaskSp
     for study in studies:
         digest.update(f"{study.case_id}|{study.problem}\n".encode())
     for path in paths:
-        try:
-            stat = path.stat()
-            digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-        except OSError:
-            digest.update(f"{path}|missing\n".encode())
+        digest.update(f"{file_stamp(path)}\n".encode())
     return digest.hexdigest()[:16]
+
+
+def study_fingerprint(study: StudyFiles) -> str:
+    """Hash of one study's case id and the names, sizes and modification times of its own files (not the
+    dataset's metadata files): what the prepared cache keys each study's file by."""
+    lines = [study.case_id, *(f"{role}|{file_stamp(path)}" for role, path in sorted(study.files.items()))]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
 # -------------------------------------------------------------------------------------------- reading
@@ -189,10 +201,11 @@ class MirrorDatasetBuilder(datasets.GeneratorBasedBuilder):
             self.info.description = f"{self.config.description}\n\n{_SKIPPED_MARKER}\n" + "\n".join(
                 f"- {f}" for f in failures
             )
-            warnings.warn(_skipped_message(failures, len(studies)), UserWarning, stacklevel=2)
+            warnings.warn(skipped_message(failures, len(studies)), UserWarning, stacklevel=2)
 
 
-def _skipped_message(failures: list[str], total: int) -> str:
+def skipped_message(failures: list[str], total: int) -> str:
+    """The warning that lists the studies ``skip_bad`` left out."""
     return f"skipped {len(failures)} of {total} studies (skip_bad=True):\n" + "\n".join(f"  - {f}" for f in failures)
 
 
@@ -258,10 +271,16 @@ def load_mirror_dataset(
         raise
     if not hasattr(builder, "skipped_studies") and _SKIPPED_MARKER in (builder.info.description or ""):
         skipped = builder.info.description.split(_SKIPPED_MARKER, 1)[1].strip().splitlines()
-        warnings.warn(
-            _skipped_message([s.removeprefix("- ") for s in skipped], len(studies)), UserWarning, stacklevel=2
-        )
+        warnings.warn(skipped_message([s.removeprefix("- ") for s in skipped], len(studies)), UserWarning, stacklevel=2)
     table = builder.as_dataset(split=STUDIES_SPLIT)
+    return split_table(name, table, fixed, fold, num_folds)
+
+
+def split_table(
+    name: str, table: datasets.Dataset, fixed: tuple[list[str], list[str]] | None, fold: int, num_folds: int
+) -> datasets.DatasetDict:
+    """``DatasetDict(train=..., validation=...)`` of ``table``'s rows for ``fold`` (``fold_indices``), with a warning
+    when a split is empty."""
     train, validation = fold_indices(get_task(name), table, fixed, fold, num_folds)
     if not train or not validation:
         cause = (
@@ -272,6 +291,6 @@ def load_mirror_dataset(
         warnings.warn(
             f"{name}: {cause} the {'training' if not train else 'validation'} split of fold {fold} empty",
             UserWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     return datasets.DatasetDict({"train": table.select(train), "validation": table.select(validation)})

@@ -56,6 +56,7 @@ from ..image_processing_mirror_unet import (
     checked_settings,
     describe_source,
     normalise_channels,
+    normalise_in_place,
     resampling_plan,
     restore_to_reference,
     stack_on_reference,
@@ -163,6 +164,7 @@ def preprocess_study(
     label: NiftiSource | None = None,
     *,
     case_id: str | None = None,
+    normalise: bool = True,
 ) -> PreprocessedStudy:
     """Preprocess one study (see the module docstring for the steps and shapes).
 
@@ -171,6 +173,7 @@ def preprocess_study(
         config: any object with ``modalities``, ``reference_modality``, ``target_spacing``, ``intensity_windows``.
         label: optional label volume on the reference modality's grid.
         case_id: named in error messages and kept on the result.
+        normalise: False skips step 5 (the prepared cache stores windowed modalities unnormalised).
 
     Returns:
         ``PreprocessedStudy``. Raises ``UserInputError`` naming the study and file for any bad input.
@@ -190,7 +193,8 @@ def preprocess_study(
         target, len(modalities), reference_grid, settings, describe_source(images[reference], reference), case_id
     )
     stacked = apply_plan(stacked, plan, order=1)
-    normalise_channels(stacked, modalities, settings["intensity_windows"])
+    if normalise:
+        normalise_channels(stacked, modalities, settings["intensity_windows"])
     if label_array is not None:
         label_array = apply_plan(np.rint(label_array)[None], plan, order=0)[0].astype(np.int64)
 
@@ -339,3 +343,7 @@ def _load_volume(source: NiftiSource, case_id: str | None, name: str) -> tuple[G
 def resample_onto(data: np.ndarray, source: Grid, target: Grid, order: int, cval: float) -> np.ndarray:
     """Sample ``data`` (on ``source``) at the voxel centres of ``target`` through the world coordinates."""
     return resample_affines(data, source.affine, target.shape, target.affine, order=order, cval=cval)
+
+
+# Step 5 on one float32 channel, in place (the prepared cache normalises at read time).
+normalise_channel = normalise_in_place

@@ -1,9 +1,8 @@
-"""Training patches and whole preprocessed studies from a ``load_mirror_dataset`` split.
+"""Training patches from the prepared studies of a split (``load_prepared_dataset`` or ``load_mirror_dataset``).
 
-``prepare_studies(hf_split, config)`` runs ``preprocess_study`` once per study and stores the float
-arrays in the datasets cache (an Arrow file next to the split's own cache, reused by later calls with
-the same split and preprocessing settings). Reading a prepared study is a memory-mapped read of that
-study only: no NIfTI decompression during training.
+``prepare_studies(hf_split, config)`` (``mirror_unet_hf.data.prepared``) preprocesses each study once into a
+compact file; a patch is read from it by decoding only the blocks it covers: no NIfTI decompression during
+training.
 
 ``MirrorPatchDataset`` draws training patches from it (MONAI ``RandCropByPosNegLabel`` semantics):
 each volume is first cropped to its foreground box (non-zero PET, or any non-zero channel for MRI);
@@ -27,35 +26,11 @@ import torch
 
 from ..errors import UserInputError
 from .augmentation import PatchAugmenter, context_shape
-from .constants import diagnosis_index
-from .preprocessing import (
-    Box,
-    PreprocessedStudy,
-    crop_to_box,
-    default_foreground_channels,
-    foreground_box,
-    preprocess_study,
-    preprocessing_settings,
-)
+from .prepared import prepare_studies
+from .preprocessing import Box, crop_to_box
 
 # a stream tag of each patch's augmentation: numpy's SeedSequence gives [a, b] and [a, b, 0] the same stream
 AUGMENTATION_STREAM = 0xA06
-
-_PREPARED_FEATURES = datasets.Features(
-    {
-        "case_id": datasets.Value("string"),
-        "class_label": datasets.Value("int64"),
-        "image": datasets.LargeList(datasets.Value("float32")),  # (M, X, Y, Z) flattened
-        "label": datasets.LargeList(datasets.Value("uint8")),  # (X, Y, Z) flattened; empty without a label
-        "image_shape": datasets.List(datasets.Value("int64"), length=4),
-        "spacing": datasets.List(datasets.Value("float64"), length=3),
-        "affine": datasets.List(datasets.Value("float64"), length=16),
-        "reference_shape": datasets.List(datasets.Value("int64"), length=3),
-        "reference_affine": datasets.List(datasets.Value("float64"), length=16),
-        "box": datasets.List(datasets.Value("int64"), length=6),  # foreground box: start, stop per axis
-        "positives": datasets.LargeList(datasets.Value("int64")),  # flat indices of label > 0 inside the box
-    }
-)
 
 
 def patch_shape(patch_size: int | Sequence[int]) -> tuple[int, int, int]:
@@ -165,120 +140,6 @@ def augmented_patches(
         images.append(augmenter.image(extract_patch(image, centre, block, 0), draw, seed, patch_size))
         labels.append(augmenter.label(extract_patch(label, centre, block, 0), draw, patch_size))
     return np.stack(images), np.stack(labels)
-
-
-# ------------------------------------------------------------------------------------ prepared studies
-
-
-def _prepare_example(example: dict, settings: dict) -> dict:
-    """One dataset row -> the prepared arrays of ``_PREPARED_FEATURES`` (run by ``datasets.map``)."""
-    study = preprocess_study(
-        {name: example[name] for name in settings["modalities"]},
-        _Settings(settings),
-        label=example.get("label"),
-        case_id=example.get("case_id"),
-    )
-    box = foreground_box(study.image, default_foreground_channels(study.modalities))
-    positives = np.empty(0, dtype=np.int64)
-    label = np.empty(0, dtype=np.uint8)
-    if study.label is not None:
-        label = study.label.astype(np.uint8).ravel()
-        positives = np.flatnonzero(crop_to_box(study.label, box) > 0).astype(np.int64)
-    return {
-        "case_id": str(example.get("case_id") or ""),
-        "class_label": diagnosis_index(example.get("diagnosis")),
-        "image": study.image.ravel(),
-        "label": label,
-        "image_shape": list(study.image.shape),
-        "spacing": list(study.spacing),
-        "affine": np.asarray(study.affine, dtype=np.float64).ravel(),
-        "reference_shape": list(study.reference_shape),
-        "reference_affine": np.asarray(study.reference_affine, dtype=np.float64).ravel(),
-        "box": [v for s in box for v in (s.start, s.stop)],
-        "positives": positives,
-    }
-
-
-class _Settings:
-    """Attribute view of a ``preprocessing_settings`` dict (what ``preprocess_study`` reads)."""
-
-    def __init__(self, settings: dict):
-        self.__dict__.update(settings)
-
-
-class PreparedStudies(Sequence):
-    """Preprocessed studies of one split, read lazily from the datasets cache.
-
-    ``studies[i]`` is a ``PreprocessedStudy`` (for sliding-window validation: whole volume, label, and
-    ``restore`` back to the original grid); ``studies.training_arrays(i)`` gives what the patch sampler needs.
-    """
-
-    def __init__(self, hf_split: datasets.Dataset, config: Any):
-        self.settings = preprocessing_settings(config)
-        missing = [m for m in self.settings["modalities"] if m not in hf_split.column_names]
-        if missing:
-            raise UserInputError(
-                f"the dataset has no column for modality {missing[0]!r}; its columns are: {', '.join(hf_split.column_names)}"
-            )
-        self.modalities = tuple(self.settings["modalities"])
-        if len(hf_split) == 0:
-            self.dataset = hf_split
-        else:
-            self.dataset = hf_split.map(
-                _prepare_example,
-                fn_kwargs={"settings": self.settings},
-                remove_columns=hf_split.column_names,
-                features=_PREPARED_FEATURES,
-                writer_batch_size=1,  # a row is a whole volume: never buffer more than one
-                desc="Preprocessing studies",
-            )
-        self._rows = self.dataset.with_format("numpy")
-        self._training_rows = self.dataset.select_columns(
-            ["case_id", "class_label", "image", "label", "image_shape", "box", "positives"]
-        ).with_format("numpy")
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> PreprocessedStudy:
-        if not isinstance(index, (int, np.integer)):
-            raise TypeError("PreparedStudies takes one integer index")
-        row = self._rows[int(index)]
-        image = row["image"].reshape(tuple(row["image_shape"]))
-        label = row["label"].reshape(image.shape[1:]).astype(np.int64) if row["label"].size else None
-        return PreprocessedStudy(
-            image=image,
-            label=label,
-            spacing=tuple(float(v) for v in row["spacing"]),
-            affine=row["affine"].reshape(4, 4),
-            reference_shape=tuple(int(v) for v in row["reference_shape"]),
-            reference_affine=row["reference_affine"].reshape(4, 4),
-            modalities=self.modalities,
-            case_id=str(row["case_id"]),
-        )
-
-    def training_arrays(self, index: int) -> dict:
-        """``image`` (M, *box) and ``label`` (*box) cropped to the foreground box, ``positives``, ``class_label``, ``case_id``."""
-        row = self._training_rows[int(index)]
-        shape = tuple(int(v) for v in row["image_shape"])
-        box = tuple(slice(int(row["box"][2 * a]), int(row["box"][2 * a + 1])) for a in range(3))
-        image = crop_to_box(row["image"].reshape(shape), box)
-        label = row["label"].reshape(shape[1:]) if row["label"].size else np.zeros(shape[1:], dtype=np.uint8)
-        return {
-            "image": image,
-            "label": crop_to_box(label, box),
-            "positives": row["positives"],
-            "class_label": int(row["class_label"]),
-            "case_id": str(row["case_id"]),
-        }
-
-
-def prepare_studies(hf_split: datasets.Dataset, config: Any) -> PreparedStudies:
-    """Preprocess every study of a split once (cached) and return them as ``PreparedStudies``.
-
-    Use it for sliding-window validation: ``for study in prepare_studies(ds["validation"], config): ...``
-    """
-    return PreparedStudies(hf_split, config)
 
 
 class MirrorPatchDataset(torch.utils.data.IterableDataset):

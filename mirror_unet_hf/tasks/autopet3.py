@@ -216,6 +216,9 @@ class AutoPET3Task(AutoPETTask):
             studies.append(StudyFiles(case, case_patient(case), case, files, problem=problem))
         return studies
 
+    def record_values(self, study: StudyFiles) -> dict[str, str | None]:
+        return {"tracer": case_tracer(study.case_id)}
+
     def read_study(self, study: StudyFiles) -> dict:
         tracer = case_tracer(study.case_id)
         if tracer is None:

@@ -83,6 +83,12 @@ class TaskSpec:
         """Read, check and encode one study into a dataset row; ``UserInputError`` names the study and file."""
         raise NotImplementedError
 
+    def record_values(self, study: StudyFiles) -> dict[str, str | None]:
+        """The ``record_columns`` of a discovered study from its layout and metadata alone (no image is read), as
+        ``read_study`` would fill them; the prepared cache's rows carry them. By default the ``StudyFiles``
+        attribute of the same name."""
+        return {column: getattr(study, column, None) for column in self.record_columns}
+
     def metadata_files(self, root: Path) -> list[Path]:
         """Non-image files a build reads (they enter the cache fingerprint)."""
         return []

@@ -53,7 +53,14 @@ class TrainingArguments:
         default=None, metadata={"help": "phantom volume shape (default: the generator's)"}
     )
     cache_dir: str | None = field(
-        default=None, metadata={"help": "datasets cache folder (default: <output_dir>/../datasets-cache)"}
+        default=None,
+        metadata={
+            "help": "cache of the prepared studies, as `mirror-unet prepare --cache_dir` writes it "
+            "(default: <output_dir>/../datasets-cache)"
+        },
+    )
+    preprocessing_num_workers: int = field(
+        default=1, metadata={"help": "processes preparing studies not in the cache yet (`prepare --num_proc`)"}
     )
     output_dir: str = field(default="outputs/mirror-unet", metadata={"help": "where checkpoints, best/ and final/ go"})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "allow a new run in a non-empty output_dir"})
@@ -206,6 +213,7 @@ def check_args(args: TrainingArguments) -> None:
         "eval_steps",
         "checkpointing_steps",
         "patches_per_volume",
+        "preprocessing_num_workers",
     )
     for name in positive:
         if getattr(args, name) < 1:

@@ -1,5 +1,6 @@
-"""The data of a training run: the dataset (phantoms generated first when there is no `--data_dir`), the
-patch loader, and whether the run trains on phantoms (recorded with the exported model)."""
+"""The data of a training run: the dataset (phantoms generated first when there is no `--data_dir`), prepared
+into the compact cache of `mirror-unet prepare` under `--cache_dir`, the patch loader, and whether the run trains
+on phantoms (recorded with the exported model)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from pathlib import Path
 
 import torch
 
-from ..data import MirrorPatchDataset, load_mirror_dataset, make_phantoms
+from ..data import MirrorPatchDataset, make_phantoms
 from ..data.builder import find_dataset_root, resolve_data_dir
 from ..data.phantoms import is_phantom_dataset
+from ..data.preparation import load_prepared_dataset
 from ..errors import UserInputError
 from ..tasks import get_task
 from .arguments import TrainingArguments
@@ -34,19 +36,21 @@ def ensure_phantoms(args: TrainingArguments, accelerator) -> str:
     return data_dir
 
 
-def training_data(args: TrainingArguments, accelerator):
-    """DatasetDict of the run and the data folder it was read from (phantoms generated on the main process
-    first when there is no data_dir)."""
+def training_data(args: TrainingArguments, accelerator, config):
+    """DatasetDict of the run (rows naming each study's prepared file) and the data folder it was read from
+    (phantoms generated, then studies prepared for `config`'s preprocessing, on the main process first)."""
     data_dir = args.data_dir if args.data_dir is not None else ensure_phantoms(args, accelerator)
     cache_dir = args.cache_dir or str(Path(args.output_dir).resolve().parent / "datasets-cache")
     with accelerator.main_process_first():
-        dataset = load_mirror_dataset(
+        dataset = load_prepared_dataset(
             args.dataset,
             data_dir,
+            config,
             fold=args.fold,
             num_folds=args.num_folds,
             cache_dir=cache_dir,
             skip_bad=args.skip_bad,
+            num_proc=args.preprocessing_num_workers,
         )
     if args.max_train_studies:
         dataset["train"] = dataset["train"].select(range(min(args.max_train_studies, len(dataset["train"]))))
