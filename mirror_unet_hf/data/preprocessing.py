@@ -18,7 +18,9 @@ Steps, in order:
    corner of the field of view fixed: output voxel ``i`` samples input voxel ``(i + 0.5) * r - 0.5``
    with ``r = target / current spacing`` and edge values repeated; the output has ``round(n / r)`` voxels;
 5. intensities: a modality in ``config.intensity_windows`` is clipped to ``[low, high]`` and scaled to
-   [0, 1]; any other is z-scored over its non-zero voxels (zeros stay 0, as MONAI ``nonzero=True``).
+   [0, 1] (with ``clip_intensities=False`` only scaled, values outside the window landing outside [0, 1], as
+   the authors' code prepares its training patches); any other is z-scored over its non-zero voxels (zeros
+   stay 0, as MONAI ``nonzero=True``).
 
 Shapes: ``PreprocessedStudy.image`` is float32 ``(M, X, Y, Z)`` in ``config.modalities`` order on a RAS
 grid; ``label`` is int64 ``(X, Y, Z)`` or None; ``affine`` maps its voxels to world mm.
@@ -68,19 +70,32 @@ Box = tuple[slice, slice, slice]
 
 @dataclass(frozen=True)
 class PreprocessingConfig:
-    """The four settings ``preprocess_study`` reads; any object with these attributes works (e.g. the model config).
+    """The settings ``preprocess_study`` reads; any object with the first four attributes works (e.g. the model
+    config: it has no ``clip_intensities`` and clips).
 
     Attributes:
         modalities: output channel order, e.g. ``("ct", "pet")``.
         reference_modality: the grid everything is resampled onto first (e.g. ``"pet"``).
         target_spacing: voxel size in mm after preprocessing, or None to keep the reference spacing.
         intensity_windows: modality -> ``(low, high)``: clip and scale to [0, 1]; others are z-scored.
+        clip_intensities: False scales the windows without clipping (the authors' training patches).
     """
 
     modalities: tuple[str, ...]
     reference_modality: str
     target_spacing: tuple[float, float, float] | None = None
     intensity_windows: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    clip_intensities: bool = True
+
+    @classmethod
+    def of(cls, config: Any, **changes) -> PreprocessingConfig:
+        """The preprocessing settings of any config object (checked as ``preprocessing_settings`` does), with
+        ``changes`` applied, e.g. ``PreprocessingConfig.of(model_config, clip_intensities=False)``."""
+        values = preprocessing_settings(config)
+        spacing, windows = values["target_spacing"], values["intensity_windows"]
+        values.update(modalities=tuple(values["modalities"]), target_spacing=spacing and tuple(spacing))
+        values["intensity_windows"] = {name: tuple(window) for name, window in windows.items()}
+        return cls(**{**values, **changes})
 
     @classmethod
     def for_dataset(cls, name: str) -> PreprocessingConfig:
@@ -98,7 +113,8 @@ class PreprocessingConfig:
 
 
 def preprocessing_settings(config: Any) -> dict:
-    """Validate ``config`` and return its four settings as plain, hashable python values."""
+    """Validate ``config`` and return its settings as plain, hashable python values (``clip_intensities`` is
+    True for a config without that attribute)."""
     missing = [
         a for a in ("modalities", "reference_modality", "target_spacing", "intensity_windows") if not hasattr(config, a)
     ]
@@ -136,6 +152,7 @@ def preprocessing_settings(config: Any) -> dict:
         "reference_modality": reference,
         "target_spacing": spacing,
         "intensity_windows": windows,
+        "clip_intensities": bool(getattr(config, "clip_intensities", True)),
     }
 
 
@@ -206,7 +223,7 @@ def preprocess_study(
     )
     stacked = _zoom(_reorient(stacked, ornt), ratio, target.shape, order=1)
     for index, name in enumerate(modalities):
-        _normalise_in_place(stacked[index], settings["intensity_windows"].get(name))
+        _normalise_in_place(stacked[index], settings["intensity_windows"].get(name), settings["clip_intensities"])
     if label_array is not None:
         label_array = _zoom(_reorient(np.rint(label_array)[None], ornt), ratio, target.shape, order=0)[0].astype(
             np.int64
@@ -462,10 +479,11 @@ def _zoom(array: np.ndarray, ratio: np.ndarray, out_shape: Sequence[int], order:
     return out[0, :, : out_shape[0], : out_shape[1], : out_shape[2]].numpy()
 
 
-def _normalise_in_place(channel: np.ndarray, window: Sequence[float] | None) -> None:
+def _normalise_in_place(channel: np.ndarray, window: Sequence[float] | None, clip: bool = True) -> None:
     if window is not None:
         low, high = window
-        np.clip(channel, low, high, out=channel)
+        if clip:
+            np.clip(channel, low, high, out=channel)
         channel -= low
         channel /= high - low
         return
