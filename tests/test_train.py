@@ -338,7 +338,6 @@ def test_run_writes_best_final_checkpoints_and_metrics(phantom_dir, tmp_path):
         (["--resume_from_checkpoint", "/nonexistent"], "is not a checkpoint"),
         (["--dataset", "brain_tumour"], "reads ct, pet, which the brain_tumour dataset does not have"),
         (["--patches_from_one_study"], "needs --per_device_train_batch_size equal to --patches_per_volume"),
-        (["--balance_groups"], "balance_groups needs training studies of two groups or more"),
         (["--overlap", "1.0"], "--overlap is 1.0; expected a fraction in [0, 1)"),
     ],
 )
@@ -353,6 +352,16 @@ def test_bad_input_is_one_line_exit_2_and_output_untouched(phantom_dir, tmp_path
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_balancing_groups_of_a_task_without_groups_is_refused_after_reading_the_data(phantom_dir, tmp_path):
+    """AutoPET 2022 case ids carry no tracer: the data has to be read to know (its progress bars come first)."""
+    out = tmp_path / "out"
+    result = run(common(phantom_dir, tmp_path) + ["--output_dir", str(out), "--balance_groups"], timeout=120)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("train.py: error: balance_groups needs training studies of two groups or more"), last
+    assert last.endswith("no study here has a group") and not (out / "final").exists()
 
 
 def test_data_dir_without_studies_is_refused(tmp_path):

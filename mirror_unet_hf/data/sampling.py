@@ -281,6 +281,8 @@ class PreparedStudies(Sequence):
     def has_foreground(self) -> np.ndarray:
         """A bool per study: whether its label has a voxel > 0 inside its foreground box (where training patches
         are drawn, so a lesion-positive study); reads only the stored foreground indices."""
+        if len(self) == 0:
+            return np.zeros(0, dtype=bool)
         column = self.dataset.select_columns(["positives"]).with_format("numpy")
         return np.array([len(row["positives"]) > 0 for row in column], dtype=bool)
 

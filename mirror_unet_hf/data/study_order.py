@@ -111,10 +111,10 @@ def balanced_groups(eligible: np.ndarray, groups: Sequence[str | None], num_stud
     names = [UNGROUPED if groups[i] is None else str(groups[i]) for i in eligible]
     members = {name: eligible[[n == name for n in names]] for name in sorted(set(names))}
     if len(members) < 2:
-        found = next(iter(members), "none")
+        found = next(iter(members), UNGROUPED)
+        where = "no study here has a group" if found == UNGROUPED else f"every study here is in group {found!r}"
         raise UserInputError(
-            f"balance_groups needs training studies of two groups or more (autoPET III/IV: fdg and psma); "
-            f"every study here is in group {found!r}"
+            f"balance_groups needs training studies of two groups or more (autoPET III/IV: fdg and psma); {where}"
         )
     return members
 
