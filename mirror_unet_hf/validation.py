@@ -1,7 +1,8 @@
 """Whole-volume validation of a Mirror U-Net on preprocessed studies: the task's metrics per study.
 
 Training calls this on its validation split; it runs the same sliding-window code as `predict` and
-the same metric functions as `evaluate`. Metrics are computed on the preprocessed grid (its spacing
+the same metric functions as `evaluate`, and reports the studies of each group (autoPET III/IV: FDG and
+PSMA) besides all of them, as `evaluate` does. Metrics are computed on the preprocessed grid (its spacing
 gives the voxel volume), which avoids resampling every prediction during training.
 """
 
@@ -25,9 +26,27 @@ def study_metrics(model, study, task: str, settings: SlidingWindowSettings | Non
     return {"case_id": study.case_id, **keep}
 
 
-def summarise(rows: Sequence[dict]) -> dict[str, float]:
+GROUP_SEPARATOR = "/"  # "fdg/dice": the mean Dice of the studies of group fdg
+
+
+def summarise(rows: Sequence[dict], task: str | None = None) -> dict[str, float]:
     """Mean of every metric over the studies where it is defined (AutoPET Dice and FNV exist only
-    for studies with lesions; FPV for all), plus `num_studies`."""
+    for studies with lesions; FPV for all), plus `num_studies`. With `task`, the same per group of studies
+    (`TaskSpec.case_group`: autoPET III/IV's tracer) under `<group>/<metric>` keys, e.g. `fdg/dice`,
+    `psma/num_studies`; a task without groups adds none."""
+    summary = mean_metrics(rows)
+    if task is None:
+        return summary
+    group_of = get_task(task).case_group
+    groups = sorted({group for row in rows if (group := group_of(row["case_id"])) is not None})
+    for group in groups:
+        members = [row for row in rows if group_of(row["case_id"]) == group]
+        summary.update({f"{group}{GROUP_SEPARATOR}{k}": v for k, v in mean_metrics(members).items()})
+    return summary
+
+
+def mean_metrics(rows: Sequence[dict]) -> dict[str, float]:
+    """`num_studies` and the mean of every metric over the rows where it is defined and finite."""
     summary: dict[str, float] = {"num_studies": float(len(rows))}
     keys = sorted({k for row in rows for k in row if k != "case_id"})
     for key in keys:
@@ -35,6 +54,18 @@ def summarise(rows: Sequence[dict]) -> dict[str, float]:
         if values:
             summary[key] = float(np.mean(values))
     return summary
+
+
+def split_groups(summary: dict[str, float]) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """`summarise`'s result as (the metrics over all studies, {group: its metrics})."""
+    overall, groups = {}, {}
+    for key, value in summary.items():
+        group, separator, metric = key.partition(GROUP_SEPARATOR)
+        if separator:
+            groups.setdefault(group, {})[metric] = value
+        else:
+            overall[key] = value
+    return overall, groups
 
 
 def selection_score(summary: dict[str, float], task: str) -> float:

@@ -207,3 +207,19 @@ def test_the_model_presets_carry_the_official_preprocessing():
     assert preprocessing_settings(MirrorUNetConfig.from_preset("brats-v1")) == preprocessing_settings(
         PreprocessingConfig.for_dataset("brain_tumour")
     )
+
+
+def test_windows_scale_without_clipping_when_asked_and_the_model_config_always_clips(autopet_phantoms):
+    from mirror_unet_hf import MirrorUNetConfig
+
+    images, _ = _phantom_study(autopet_phantoms)
+    model_config = MirrorUNetConfig.from_preset("autopet-v1")
+    unclipped = PreprocessingConfig.of(model_config, clip_intensities=False)
+    assert unclipped.intensity_windows == {"ct": (-100.0, 250.0), "pet": (0.0, 15.0)} and not unclipped.clip_intensities
+    clipped = preprocess_study(images, model_config)
+    scaled = preprocess_study(images, unclipped)
+    raw = preprocess_study(images, PreprocessingConfig.of(model_config, intensity_windows={}))  # z-scored, no window
+    assert clipped.image.min() >= 0 and clipped.image.max() <= 1
+    assert scaled.image[0].min() < 0, "air (-1000 HU) lies below the CT window"
+    assert np.array_equal(np.clip(scaled.image, 0, 1), clipped.image)
+    assert not np.array_equal(raw.image, scaled.image)

@@ -150,3 +150,85 @@ def test_bad_sampling_arguments(autopet_splits):
         MirrorPatchDataset(autopet_splits["train"], AUTOPET, 32, pos_neg_ratio=(0, 0))
     with pytest.raises(UserInputError, match="no column for modality 'flair'"):
         MirrorPatchDataset(autopet_splits["train"], PreprocessingConfig(("flair",), "flair", None, {}), 32)
+
+
+# ------------------------------------------------------------------ the official recipe's sampling
+
+
+def _has_lesion(row) -> bool:
+    return bool(np.asanyarray(row["label"].dataobj).any())
+
+
+def test_positives_only_visits_lesion_positive_studies_and_counts_them(autopet_splits):
+    split = autopet_splits["train"]
+    positive = {row["case_id"] for row in split if _has_lesion(row)}
+    assert 0 < len(positive) < len(split), "the fixture needs positive and negative studies"
+    dataset = MirrorPatchDataset(split, AUTOPET, 16, patches_per_volume=3, positives_only=True)
+    items = list(dataset)
+    assert len(items) == len(dataset) == 3 * len(positive)
+    assert {item["case_id"] for item in items} == positive
+    everything = MirrorPatchDataset(split, AUTOPET, 16, patches_per_volume=3)
+    assert len(list(everything)) == len(everything) == 3 * len(split)
+
+
+def test_study_target_is_whether_the_label_has_foreground_not_the_diagnosis(autopet_splits):
+    split = autopet_splits["train"]
+    truth = {row["case_id"]: int(_has_lesion(row)) for row in split}
+    items = list(MirrorPatchDataset(split, AUTOPET, 16, patches_per_volume=2, class_labels="lesion_presence"))
+    assert {item["case_id"]: int(item["class_labels"]) for item in items} == truth
+    assert set(truth.values()) == {0, 1}
+    with pytest.raises(UserInputError, match="class_labels 'tracer'"):
+        MirrorPatchDataset(split, AUTOPET, 16, class_labels="tracer")
+
+
+def test_a_batch_of_patches_per_volume_patches_is_one_study_whatever_the_workers(autopet_splits):
+    dataset = MirrorPatchDataset(autopet_splits["train"], AUTOPET, 16, patches_per_volume=3, seed=4)
+    for workers in (0, 2):
+        loader = torch.utils.data.DataLoader(dataset, batch_size=3, num_workers=workers, drop_last=True)
+        batches = [batch["case_id"] for batch in loader]
+        assert len(batches) == len(autopet_splits["train"])
+        assert all(len(set(ids)) == 1 for ids in batches), batches
+    straddling = torch.utils.data.DataLoader(dataset, batch_size=2)  # 3 patches per study, batches of 2
+    assert any(len(set(batch["case_id"])) > 1 for batch in straddling)
+
+
+def test_balanced_groups_draw_equally_many_studies_of_each_group_each_epoch(autopet_splits):
+    split = autopet_splits["train"]
+    groups = ["small"] + ["large"] * (len(split) - 1)
+    dataset = MirrorPatchDataset(split, AUTOPET, 16, patches_per_volume=2, seed=1, groups=groups)
+    group_of = dict(zip(split["case_id"], groups))
+    per_group = -(-len(split) // 2)
+    for epoch in (0, 1):
+        dataset.set_epoch(epoch)
+        items = list(dataset)
+        assert len(items) == len(dataset) == 2 * 2 * per_group
+        drawn = [group_of[item["case_id"]] for item in items]
+        assert drawn.count("small") == drawn.count("large") == 2 * per_group
+    small = [item["pixel_values"] for item in items if group_of[item["case_id"]] == "small"]
+    assert not torch.equal(small[0], small[2]), "a second visit of a study draws other patches"
+    again = [item["pixel_values"] for item in dataset]
+    assert all(torch.equal(a, b["pixel_values"]) for a, b in zip(again, items))
+
+
+def test_study_order_keeps_the_original_permutation_and_refuses_what_it_cannot_do():
+    from mirror_unet_hf.data.study_order import StudyOrder
+
+    order = StudyOrder(7).epoch(seed=3, epoch=2)
+    assert [visit.study for visit in order] == list(np.random.default_rng([3, 2]).permutation(7))
+    assert all(visit.repeat == 0 for visit in order)
+    with pytest.raises(UserInputError, match="positives_only leaves no study to train on: none of the 3"):
+        StudyOrder(3, [False, False, False], positives_only=True)
+    with pytest.raises(UserInputError, match="two groups or more .* every study here is in group 'fdg'"):
+        StudyOrder(3, groups=["fdg", "fdg", "fdg"])
+    tracer = StudyOrder(5, [True, True, False, True, True], positives_only=True, groups=[None, "psma"] * 2 + ["x"])
+    assert len(tracer) == 6 and "from the 4 lesion-positive of 5" in tracer.describe()
+
+
+def test_training_patches_can_keep_intensities_outside_the_windows(autopet_splits):
+    split = autopet_splits["train"]
+    clipped = next(iter(MirrorPatchDataset(split, AUTOPET, 24, seed=2)))["pixel_values"]
+    scaled = next(iter(MirrorPatchDataset(split, AUTOPET, 24, seed=2, clip_intensities=False)))["pixel_values"]
+    assert float(clipped.min()) >= 0 and float(clipped.max()) <= 1
+    assert float(scaled[0].min()) < 0, "CT below -100 HU (air) scales below 0 without clipping"
+    inside = (scaled >= 0) & (scaled <= 1)
+    assert torch.equal(scaled[inside], clipped[inside]), "values inside the windows are scaled the same"

@@ -244,12 +244,23 @@ def test_batchnorm_without_sync_breaks_the_equivalence(phantom_dir, tmp_path):
     assert two_process_difference(phantom_dir, tmp_path, "batch") > 1e-3
 
 
+# the authors' code's sampling: lesion-positive studies only (2 of the 5 training phantoms), one study's patches
+# per batch, unclipped windows; with 2 patches per step an epoch is 2 steps, so the kill at step 2 ends an epoch
+OFFICIAL_SAMPLING = ["--positives_only", "--patches_from_one_study", "--patches_per_volume", "2"]
+OFFICIAL_SAMPLING += ["--clip_intensities", "false"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("workers, augment", [("0", "none"), ("2", "spatial+intensity")])
-def test_kill_and_resume_gives_the_weights_of_an_uninterrupted_run(phantom_dir, tmp_path, workers, augment):
+@pytest.mark.parametrize(
+    "workers, augment, sampling",
+    [("0", "none", []), ("2", "spatial+intensity", []), ("2", "spatial", OFFICIAL_SAMPLING)],
+    ids=["no-workers", "workers-augment", "official-sampling"],
+)
+def test_kill_and_resume_gives_the_weights_of_an_uninterrupted_run(phantom_dir, tmp_path, workers, augment, sampling):
     """autopet-v3 has dropout in its classification head: the resumed run must continue the global RNG stream
     exactly (a DataLoader drawing its workers' seed from it at the resumed epoch's start once shifted it)."""
-    base = common(phantom_dir, tmp_path, preset="autopet-v3") + [
+    model = {"classification_target": "study"} if sampling else {}
+    base = common(phantom_dir, tmp_path, preset="autopet-v3", **model) + [
         "--max_steps",
         "6",
         "--checkpointing_steps",
@@ -260,6 +271,7 @@ def test_kill_and_resume_gives_the_weights_of_an_uninterrupted_run(phantom_dir, 
         "5",
         "--augment",
         augment,
+        *sampling,
     ]
     base[base.index("--num_workers") + 1] = workers
     straight = run(base + ["--output_dir", str(tmp_path / "straight")])
@@ -318,6 +330,7 @@ def test_run_writes_best_final_checkpoints_and_metrics(phantom_dir, tmp_path):
         } <= names
     metrics = json.loads((out / "final" / "metrics.json").read_text())
     assert metrics["task"] == "autopet" and "fpv_ml" in metrics["metrics"]
+    assert "groups" not in metrics, "AutoPET 2022 case ids carry no tracer: no groups"
     assert json.loads((out / "final" / "training_args.json").read_text())["preset"] == "autopet-v3"
 
 
@@ -330,6 +343,8 @@ def test_run_writes_best_final_checkpoints_and_metrics(phantom_dir, tmp_path):
         (["--patch_size", "40", "40", "40"], "must be three positive multiples of the total stride 16"),
         (["--resume_from_checkpoint", "/nonexistent"], "is not a checkpoint"),
         (["--dataset", "brain_tumour"], "reads ct, pet, which the brain_tumour dataset does not have"),
+        (["--patches_from_one_study"], "needs --per_device_train_batch_size equal to --patches_per_volume"),
+        (["--overlap", "1.0"], "--overlap is 1.0; expected a fraction in [0, 1)"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_output_untouched(phantom_dir, tmp_path, extra, message):
@@ -343,6 +358,16 @@ def test_bad_input_is_one_line_exit_2_and_output_untouched(phantom_dir, tmp_path
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_balancing_groups_of_a_task_without_groups_is_refused_after_reading_the_data(phantom_dir, tmp_path):
+    """AutoPET 2022 case ids carry no tracer: the data has to be read to know (its progress bars come first)."""
+    out = tmp_path / "out"
+    result = run(common(phantom_dir, tmp_path) + ["--output_dir", str(out), "--balance_groups"], timeout=120)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("train.py: error: balance_groups needs training studies of two groups or more"), last
+    assert last.endswith("no study here has a group") and not (out / "final").exists()
 
 
 def test_data_dir_without_studies_is_refused(tmp_path):

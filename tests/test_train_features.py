@@ -240,3 +240,57 @@ def logged_hyperparameters(logs: Path) -> dict:
                     data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
                     return dict(data.session_start_info.hparams)
     raise AssertionError(f"no hyperparameters logged under {logs}")
+
+
+def test_validation_summary_reports_each_group_and_all_studies():
+    from mirror_unet_hf.validation import split_groups, summarise
+
+    rows = [
+        {"case_id": "fdg_a_01-01-2020", "dice": 0.2, "fpv_ml": 1.0},
+        {"case_id": "fdg_b_01-01-2020", "dice": None, "fpv_ml": 3.0},
+        {"case_id": "psma_c_2020-01-01", "dice": 0.8, "fpv_ml": 0.0},
+    ]
+    summary = summarise(rows, "autopet3")
+    assert summary["dice"] == pytest.approx(0.5) and summary["num_studies"] == 3
+    assert (summary["fdg/dice"], summary["fdg/fpv_ml"], summary["fdg/num_studies"]) == (0.2, 2.0, 2)
+    assert (summary["psma/dice"], summary["psma/num_studies"]) == (0.8, 1)
+    overall, groups = split_groups(summary)
+    assert set(groups) == {"fdg", "psma"} and overall == summarise(rows)
+    fdg_2022 = [{"case_id": "PETCT_0011_01-01-2000-NA", "dice": 0.5}]
+    assert summarise(fdg_2022, "autopet") == summarise(fdg_2022)  # no tracer in the id: no groups
+
+
+def test_a_study_level_lesion_presence_head_takes_its_target_from_the_labels():
+    from mirror_unet_hf.training.data import class_label_source
+
+    def source(**overrides):
+        return class_label_source(build_config(TrainingArguments(model_overrides=json.dumps(overrides))))
+
+    assert source() == "diagnosis"  # the patch target comes from the labels inside the model
+    assert source(classification_target="study") == "lesion_presence"
+    head = {"branch": "pet", "task": "diagnosis", "class_names": ["negative", "lymphoma", "melanoma", "lung_cancer"]}
+    assert source(classification_head=head) == "diagnosis"
+
+
+def test_autopet3_run_balances_tracers_and_validates_fdg_psma_and_all(tmp_path):
+    from mirror_unet_hf.data import make_phantoms
+
+    make_phantoms("autopet3", tmp_path / "data", 8, seed=0, shape=(48, 48, 40))
+    out = tmp_path / "run"
+    command = [sys.executable, str(ROOT / "train" / "train.py"), "--preset", "autopet-v3", "--dataset", "autopet3"]
+    command += ["--model_overrides", json.dumps({"channels": [4, 8, 16, 32, 64], "classification_target": "study"})]
+    command += ["--patch_size", "32", "32", "32", "--data_dir", str(tmp_path / "data"), "--output_dir", str(out)]
+    command += ["--cache_dir", str(tmp_path / "cache"), "--max_steps", "2", "--eval_steps", "2", "--report_to", "none"]
+    command += ["--checkpointing_steps", "2", "--num_workers", "0", "--balance_groups", "--positives_only"]
+    command += ["--patches_per_volume", "2", "--per_device_train_batch_size", "2", "--patches_from_one_study"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HOME": os.environ.get("HF_HOME", "/tmp/hf-home-tests")}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    recorded = json.loads((out / "final" / "training_args.json").read_text())
+    # splits_final.json fold 0: 5 training phantoms, 3 of them lesion-positive (2 FDG, 1 PSMA): 2 draws per tracer
+    assert (recorded["train_studies"], recorded["epoch_studies"], recorded["epoch_patches"]) == (5, 4, 8)
+    assert "from the 3 lesion-positive of 5, 2 of each group (fdg 2, psma 1 studies)" in result.stdout + result.stderr
+    metrics = json.loads((out / "final" / "metrics.json").read_text())
+    assert set(metrics["groups"]) == {"fdg", "psma"} and set(metrics["metrics"]) == {"dice", "fpv_ml", "fnv_ml"}
+    assert sum(group["num_studies"] for group in metrics["groups"].values()) == metrics["num_studies"] == 3
+    assert "psma/dice" in result.stdout + result.stderr  # the validation line on the progress bar

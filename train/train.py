@@ -37,7 +37,13 @@ from mirror_unet_hf.training.arguments import (
     parse_args,
 )
 from mirror_unet_hf.training.checkpointing import Checkpointer, TrainerState
-from mirror_unet_hf.training.data import patch_loader, training_data, uses_phantoms
+from mirror_unet_hf.training.data import (
+    patch_loader,
+    sampling_info,
+    training_data,
+    training_patches,
+    uses_phantoms,
+)
 from mirror_unet_hf.training.export import Exporter, training_run_info
 from mirror_unet_hf.training.loop import (
     Evaluator,
@@ -122,15 +128,7 @@ def train(args: TrainingArguments) -> int:
         if resume is None and args.overwrite_output_dir:
             checkpointer.clear_previous_run()
     accelerator.wait_for_everyone()
-    train_set = MirrorPatchDataset(
-        dataset["train"],
-        config,
-        config.patch_size,
-        args.patches_per_volume,
-        tuple(args.pos_neg_ratio),
-        seed=args.seed,
-        augmentation=args.augment,
-    )
+    train_set = training_patches(args, config, dataset["train"])
     validation = prepare_studies(dataset["validation"], config)
     loader = patch_loader(args, train_set)
 
@@ -146,6 +144,7 @@ def train(args: TrainingArguments) -> int:
 
     device = str(next(accelerator.unwrap_model(model).parameters()).device)
     run_info = training_run_info(args, accelerator, dataset, data_dir, uses_phantoms(args, data_dir))
+    run_info.update(sampling_info(train_set))
     accelerator.print(run_header(run_info, parameters, accelerator.mixed_precision, device))
     state = TrainerState(loader_layout=loader_layout(args, accelerator))
     if resume is not None:

@@ -182,7 +182,8 @@ class NormalisedView:
     a slice decodes only the blocks it covers, so the sampler cuts patches from it without reading the study.
     """
 
-    def __init__(self, entry: EntryFile, modalities: Sequence[str], windows: dict, box: Box):
+    def __init__(self, entry: EntryFile, modalities: Sequence[str], windows: dict, box: Box, clip: bool = True):
+        self.clip = clip
         self.channels = [entry.channel(name) for name in modalities]
         self.windows = [
             windows.get(name) if entry.meta["modalities"][name]["stored"] == "raw" else None for name in modalities
@@ -204,7 +205,7 @@ class NormalisedView:
         absolute = [slice(s.start + b.start, s.stop + b.start) for s, b in zip(region, self.box)]
         values = self.channels[channel].read(absolute).astype(np.float32)
         if self.windows[channel] is not None:
-            normalise_channel(values, self.windows[channel])
+            normalise_channel(values, self.windows[channel], self.clip)
         return values
 
     def __getitem__(self, key) -> np.ndarray:
@@ -290,6 +291,7 @@ class PreparedStudies(Sequence):
 
     def __init__(self, hf_split: datasets.Dataset, config: Any):
         self.settings = preprocessing_settings(config)
+        self.clip = self.settings["clip_intensities"]
         self.modalities = tuple(self.settings["modalities"])
         columns = hf_split.column_names
         count = len(hf_split)
@@ -327,7 +329,7 @@ class PreparedStudies(Sequence):
         entry = self.open(int(index))
         meta = entry.meta
         whole = tuple(slice(0, int(n)) for n in meta["shape"])
-        image = NormalisedView(entry, self.modalities, self.settings["intensity_windows"], whole)[...]
+        image = NormalisedView(entry, self.modalities, self.settings["intensity_windows"], whole, self.clip)[...]
         return PreprocessedStudy(
             image=image,
             label=whole_label(entry.label(), meta["shape"]),
@@ -354,9 +356,19 @@ class PreparedStudies(Sequence):
             return box_of(meta)
         if index not in self.boxes:
             whole = tuple(slice(0, int(n)) for n in meta["shape"])
-            values = NormalisedView(entry, foreground, self.settings["intensity_windows"], whole)[...]
+            values = NormalisedView(entry, foreground, self.settings["intensity_windows"], whole, self.clip)[...]
             self.boxes[index] = foreground_box(values)
         return self.boxes[index]
+
+    def has_foreground(self) -> np.ndarray:
+        """A bool per study: whether its label has a voxel > 0 inside its training box (a lesion-positive study
+        for the sampler); reads only the stored sparse labels."""
+        found = []
+        for index in range(len(self)):
+            entry = self.open(index)
+            _, positives = label_in_box(entry.label(), entry.meta["shape"], self.training_box(index, entry))
+            found.append(len(positives) > 0)
+        return np.array(found, dtype=bool)
 
     def training_arrays(self, index: int) -> dict:
         """``image`` (M, *box; a ``NormalisedView``) and ``label`` (*box, uint8) cropped to the foreground box,
@@ -366,7 +378,7 @@ class PreparedStudies(Sequence):
         box = self.training_box(index, entry)
         label, positives = label_in_box(entry.label(), entry.meta["shape"], box)
         return {
-            "image": NormalisedView(entry, self.modalities, self.settings["intensity_windows"], box),
+            "image": NormalisedView(entry, self.modalities, self.settings["intensity_windows"], box, self.clip),
             "label": label,
             "positives": positives,
             "class_label": self.class_labels[index],

@@ -18,7 +18,9 @@ Steps, in order:
    corner of the field of view fixed: output voxel ``i`` samples input voxel ``(i + 0.5) * r - 0.5``
    with ``r = target / current spacing`` and edge values repeated; the output has ``round(n / r)`` voxels;
 5. intensities: a modality in ``config.intensity_windows`` is clipped to ``[low, high]`` and scaled to
-   [0, 1]; any other is z-scored over its non-zero voxels (zeros stay 0, as MONAI ``nonzero=True``).
+   [0, 1] (with ``clip_intensities=False`` only scaled, values outside the window landing outside [0, 1], as
+   the authors' code prepares its training patches); any other is z-scored over its non-zero voxels (zeros
+   stay 0, as MONAI ``nonzero=True``).
 
 Shapes: ``PreprocessedStudy.image`` is float32 ``(M, X, Y, Z)`` in ``config.modalities`` order on a RAS
 grid; ``label`` is int64 ``(X, Y, Z)`` or None; ``affine`` maps its voxels to world mm.
@@ -55,7 +57,6 @@ from ..image_processing_mirror_unet import (
     apply_plan,
     checked_settings,
     describe_source,
-    normalise_channels,
     normalise_in_place,
     resampling_plan,
     restore_to_reference,
@@ -81,19 +82,32 @@ Box = tuple[slice, slice, slice]
 
 @dataclass(frozen=True)
 class PreprocessingConfig:
-    """The four settings ``preprocess_study`` reads; any object with these attributes works (e.g. the model config).
+    """The settings ``preprocess_study`` reads; any object with the first four attributes works (e.g. the model
+    config: it has no ``clip_intensities`` and clips).
 
     Attributes:
         modalities: output channel order, e.g. ``("ct", "pet")``.
         reference_modality: the grid everything is resampled onto first (e.g. ``"pet"``).
         target_spacing: voxel size in mm after preprocessing, or None to keep the reference spacing.
         intensity_windows: modality -> ``(low, high)``: clip and scale to [0, 1]; others are z-scored.
+        clip_intensities: False scales the windows without clipping (the authors' training patches).
     """
 
     modalities: tuple[str, ...]
     reference_modality: str
     target_spacing: tuple[float, float, float] | None = None
     intensity_windows: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    clip_intensities: bool = True
+
+    @classmethod
+    def of(cls, config: Any, **changes) -> PreprocessingConfig:
+        """The preprocessing settings of any config object (checked as ``preprocessing_settings`` does), with
+        ``changes`` applied, e.g. ``PreprocessingConfig.of(model_config, clip_intensities=False)``."""
+        values = preprocessing_settings(config)
+        spacing, windows = values["target_spacing"], values["intensity_windows"]
+        values.update(modalities=tuple(values["modalities"]), target_spacing=spacing and tuple(spacing))
+        values["intensity_windows"] = {name: tuple(window) for name, window in windows.items()}
+        return cls(**{**values, **changes})
 
     @classmethod
     def for_dataset(cls, name: str) -> PreprocessingConfig:
@@ -111,18 +125,20 @@ class PreprocessingConfig:
 
 
 def preprocessing_settings(config: Any) -> dict:
-    """Validate ``config`` and return its four settings as plain, hashable python values."""
+    """Validate ``config`` and return its settings as plain, hashable python values (``clip_intensities`` is
+    True for a config without that attribute)."""
     missing = [
         a for a in ("modalities", "reference_modality", "target_spacing", "intensity_windows") if not hasattr(config, a)
     ]
     if missing:
         raise UserInputError(f"preprocessing config {type(config).__name__} lacks attribute(s): {', '.join(missing)}")
     try:
-        return checked_settings(
+        settings = checked_settings(
             config.modalities, config.reference_modality, config.target_spacing, config.intensity_windows
         )
     except ProcessorInputError as error:
         raise UserInputError(str(error)) from None
+    return {**settings, "clip_intensities": bool(getattr(config, "clip_intensities", True))}
 
 
 @dataclass
@@ -194,7 +210,8 @@ def preprocess_study(
     )
     stacked = apply_plan(stacked, plan, order=1)
     if normalise:
-        normalise_channels(stacked, modalities, settings["intensity_windows"])
+        for index, name in enumerate(modalities):
+            normalise_channel(stacked[index], settings["intensity_windows"].get(name), settings["clip_intensities"])
     if label_array is not None:
         label_array = apply_plan(np.rint(label_array)[None], plan, order=0)[0].astype(np.int64)
 
@@ -345,5 +362,12 @@ def resample_onto(data: np.ndarray, source: Grid, target: Grid, order: int, cval
     return resample_affines(data, source.affine, target.shape, target.affine, order=order, cval=cval)
 
 
-# Step 5 on one float32 channel, in place (the prepared cache normalises at read time).
-normalise_channel = normalise_in_place
+def normalise_channel(channel: np.ndarray, window: Sequence[float] | None, clip: bool = True) -> None:
+    """Step 5 on one float32 channel, in place: scale ``window`` to [0, 1] (clipping to it unless ``clip`` is
+    False, as the authors' training patches are), or z-score the non-zero voxels when ``window`` is None."""
+    if window is None or clip:
+        normalise_in_place(channel, window)
+        return
+    low, high = window
+    channel -= low
+    channel /= high - low

@@ -9,9 +9,10 @@ each volume is first cropped to its foreground box (non-zero PET, or any non-zer
 each patch centre is a foreground label voxel with probability pos/(pos+neg) (2:1 by default) and
 otherwise any voxel of the cropped volume; patches reaching past the crop are padded with 0 (images and
 labels). With ``augmentation`` (``mirror_unet_hf.data.augmentation``) each patch is then rotated, scaled,
-flipped and, optionally, intensity-augmented. The random streams depend only on ``(seed, epoch, study index)``
-and, for augmentation, the patch's index: the same patches come out whatever the number of workers, and a
-resumed run draws what an uninterrupted one would.
+flipped and, optionally, intensity-augmented. Which studies an epoch visits is ``study_order.StudyOrder``'s plan
+(all, the lesion-positive ones, or equally many per group). The random streams depend only on ``(seed, epoch,
+study index)`` (and the visit, for a study drawn twice in an epoch) and, for augmentation, the patch's index: the
+same patches come out whatever the number of workers, and a resumed run draws what an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -27,7 +28,11 @@ import torch
 from ..errors import UserInputError
 from .augmentation import PatchAugmenter, context_shape
 from .prepared import prepare_studies
-from .preprocessing import Box, crop_to_box
+from .preprocessing import Box, PreprocessingConfig, crop_to_box
+from .study_order import StudyOrder
+
+# where a patch's class label comes from: the study's diagnosis index, or whether its label has foreground
+CLASS_LABEL_SOURCES = ("diagnosis", "lesion_presence")
 
 # a stream tag of each patch's augmentation: numpy's SeedSequence gives [a, b] and [a, b, 0] the same stream
 AUGMENTATION_STREAM = 0xA06
@@ -143,15 +148,20 @@ def augmented_patches(
 
 
 class MirrorPatchDataset(torch.utils.data.IterableDataset):
-    """Training patches for Mirror U-Net, ``patches_per_volume`` per study and epoch.
+    """Training patches for Mirror U-Net, ``patches_per_volume`` per study visited in an epoch.
 
     Each item: ``{"pixel_values": float32 (M, *patch), "labels": int64 (*patch), "class_labels": int64
-    scalar (index in DIAGNOSIS_NAMES, -1 when unknown or not AutoPET), "case_id": str}``, channels in
-    ``config.modalities`` order. Studies are visited in a shuffled order that depends on ``(seed, epoch)``
-    (call ``set_epoch`` each epoch), and the patches of one study come out together. With several
-    ``DataLoader`` workers each worker takes every n-th study of that order. ``len()`` is the number of
-    patches per epoch. ``augmentation``: one of ``augmentation.AUGMENTATIONS``; each patch's draws come from
-    a generator of ``(seed, epoch, study, patch)``.
+    scalar, "case_id": str}``, channels in ``config.modalities`` order. ``class_labels``: ``"diagnosis"`` gives
+    the index in DIAGNOSIS_NAMES (-1 when unknown or not AutoPET), ``"lesion_presence"`` 1 for a study whose
+    label has foreground and 0 otherwise (the study-level target of ``classification_target="study"``, from the
+    labels alone). Studies are visited in the order of ``study_order.StudyOrder``, which depends on
+    ``(seed, epoch)`` (call ``set_epoch`` each epoch): all of them shuffled, only the lesion-positive ones
+    (``positives_only``), or equally many of each group (``groups``: a group name per row, e.g. the tracer).
+    The patches of one study come out together, so a ``DataLoader`` batch of ``patches_per_volume`` patches
+    holds one study's patches (whatever the workers: each worker takes every n-th study of the order).
+    ``len()`` is the number of patches per epoch, from the studies actually visited. ``augmentation``: one of
+    ``augmentation.AUGMENTATIONS``; each patch's draws come from a generator of ``(seed, epoch, study, patch)``.
+    ``clip_intensities=False`` scales the intensity windows without clipping (the authors' training patches).
     """
 
     def __init__(
@@ -163,8 +173,15 @@ class MirrorPatchDataset(torch.utils.data.IterableDataset):
         pos_neg_ratio: tuple[float, float] = (2, 1),
         seed: int = 0,
         augmentation: str = "none",
+        *,
+        positives_only: bool = False,
+        groups: Sequence[str | None] | None = None,
+        class_labels: str = "diagnosis",
+        clip_intensities: bool = True,
     ):
         super().__init__()
+        if class_labels not in CLASS_LABEL_SOURCES:
+            raise UserInputError(f"class_labels {class_labels!r}; expected one of {', '.join(CLASS_LABEL_SOURCES)}")
         self.patch_size = patch_shape(patch_size)
         if (
             isinstance(patches_per_volume, bool)
@@ -182,19 +199,25 @@ class MirrorPatchDataset(torch.utils.data.IterableDataset):
         self.seed = int(seed)
         self.epoch = 0
         self.augmenter = PatchAugmenter(augmentation)
-        self.studies = prepare_studies(hf_split, config)
+        preprocessing = config if clip_intensities else PreprocessingConfig.of(config, clip_intensities=False)
+        self.studies = prepare_studies(hf_split, preprocessing)
+        self.class_labels = class_labels
+        wanted = positives_only or class_labels == "lesion_presence"
+        self.lesion_positive = self.studies.has_foreground() if wanted else None
+        self.order = StudyOrder(len(self.studies), self.lesion_positive, positives_only, groups)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return len(self.studies) * self.patches_per_volume
+        return len(self.order) * self.patches_per_volume
 
-    def study_patches(self, index: int) -> tuple[np.ndarray, np.ndarray, dict]:
-        """The images ``(N, M, *patch)`` and labels ``(N, *patch)`` of study ``index`` in this epoch, and the
-        study's arrays (for its class label and case id)."""
+    def study_patches(self, index: int, repeat: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
+        """The images ``(N, M, *patch)`` and labels ``(N, *patch)`` of study ``index`` in this epoch (``repeat``: its
+        visits earlier in the epoch, each drawing other patches), and the study's arrays (class label, case id)."""
         arrays = self.studies.training_arrays(int(index))
-        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        visit = [int(repeat)] if repeat else []  # [..., 0] would be the stream of [...]: first visits keep theirs
+        rng = np.random.default_rng([self.seed, self.epoch, int(index), *visit])
         if not self.augmenter.enabled:
             images, labels, _ = sample_patches(
                 arrays["image"],
@@ -210,7 +233,7 @@ class MirrorPatchDataset(torch.utils.data.IterableDataset):
             arrays["label"], self.patches_per_volume, rng, self.pos_neg_ratio, arrays["positives"]
         )
         rngs = [
-            np.random.default_rng([self.seed, self.epoch, int(index), patch, AUGMENTATION_STREAM])
+            np.random.default_rng([self.seed, self.epoch, int(index), patch, AUGMENTATION_STREAM, *visit])
             for patch in range(self.patches_per_volume)
         ]
         images, labels = augmented_patches(
@@ -221,13 +244,15 @@ class MirrorPatchDataset(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         worker = torch.utils.data.get_worker_info()
         worker_id, workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.studies))
-        for index in order[worker_id::workers]:
-            images, labels, arrays = self.study_patches(int(index))
+        for visit in self.order.epoch(self.seed, self.epoch)[worker_id::workers]:
+            images, labels, arrays = self.study_patches(visit.study, visit.repeat)
+            class_label = arrays["class_label"]
+            if self.class_labels == "lesion_presence":
+                class_label = int(self.lesion_positive[visit.study])
             for image, label in zip(images, labels, strict=True):
                 yield {
                     "pixel_values": torch.from_numpy(image),
                     "labels": torch.from_numpy(label.astype(np.int64)),
-                    "class_labels": torch.tensor(arrays["class_label"], dtype=torch.int64),
+                    "class_labels": torch.tensor(class_label, dtype=torch.int64),
                     "case_id": arrays["case_id"],
                 }

@@ -73,6 +73,28 @@ class TrainingArguments:
     pos_neg_ratio: list[float] = field(
         default_factory=lambda: [2.0, 1.0], metadata={"help": "positive:negative patch centres"}
     )
+    positives_only: bool = field(
+        default=False,
+        metadata={"help": "train on lesion-positive studies only (label with foreground), as the authors' code does"},
+    )
+    patches_from_one_study: bool = field(
+        default=False,
+        metadata={
+            "help": "each device's batch is the patches of one study (the authors' code: 4 patches of one study per "
+            "step); needs --per_device_train_batch_size equal to --patches_per_volume"
+        },
+    )
+    balance_groups: bool = field(
+        default=False,
+        metadata={"help": "draw equally many training studies of every group per epoch (autopet3: fdg and psma)"},
+    )
+    clip_intensities: bool = field(
+        default=True,
+        metadata={
+            "help": "clip training inputs to the intensity windows; false scales them without clipping, as the "
+            "authors' training patches (validation and inference always clip)"
+        },
+    )
     per_device_train_batch_size: int = field(default=2, metadata={"help": "patches per device and step"})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "steps accumulated per optimizer update"})
     optimizer: str = field(
@@ -132,7 +154,9 @@ class TrainingArguments:
     checkpointing_steps: int = field(default=200, metadata={"help": "save a resumable checkpoint every N updates"})
     checkpoints_total_limit: int | None = field(default=3, metadata={"help": "keep at most this many checkpoints"})
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "checkpoint folder or 'latest'"})
-    overlap: float = field(default=0.25, metadata={"help": "sliding-window overlap in validation"})
+    overlap: float = field(
+        default=0.25, metadata={"help": "sliding-window overlap in validation (the official decision fusion: 0.3)"}
+    )
     num_workers: int = field(default=2, metadata={"help": "DataLoader workers"})
     report_to: str = field(
         default="tensorboard", metadata={"help": "Accelerate tracker(s): tensorboard, wandb, all or none"}
@@ -218,6 +242,13 @@ def check_args(args: TrainingArguments) -> None:
     for name in positive:
         if getattr(args, name) < 1:
             raise UserInputError(f"--{name} is {getattr(args, name)}; expected a positive integer")
+    if args.patches_from_one_study and args.per_device_train_batch_size != args.patches_per_volume:
+        raise UserInputError(
+            f"--patches_from_one_study needs --per_device_train_batch_size equal to --patches_per_volume "
+            f"(a batch is one study's patches); got {args.per_device_train_batch_size} and {args.patches_per_volume}"
+        )
+    if not 0 <= args.overlap < 1:
+        raise UserInputError(f"--overlap is {args.overlap}; expected a fraction in [0, 1)")
     if not 0 <= args.fold < args.num_folds:
         raise UserInputError(
             f"--fold {args.fold} is out of range; expected 0..{args.num_folds - 1} for --num_folds {args.num_folds}"

@@ -1,6 +1,7 @@
 """The data of a training run: the dataset (phantoms generated first when there is no `--data_dir`), prepared
-into the compact cache of `mirror-unet prepare` under `--cache_dir`, the patch loader, and whether the run trains
-on phantoms (recorded with the exported model)."""
+into the compact cache of `mirror-unet prepare` under `--cache_dir`, the training patches (which studies, which
+class labels, which intensities), the patch loader, and whether the run trains on phantoms (recorded with the
+exported model)."""
 
 from __future__ import annotations
 
@@ -57,6 +58,46 @@ def training_data(args: TrainingArguments, accelerator, config):
     if len(dataset["train"]) == 0:
         raise UserInputError(f"fold {args.fold} leaves no training studies in {data_dir}")
     return dataset, data_dir
+
+
+def class_label_source(config) -> str:
+    """Where the patches' `class_labels` come from: a lesion-presence head with `classification_target="study"` is
+    trained against whether the study's label has foreground (the sampler knows it from the labels alone, so it
+    needs no metadata file); anything else gets the diagnosis index (-1 where unknown)."""
+    head = config.classification_head
+    if head is not None and head["task"] == "lesion_presence" and config.classification_target == "study":
+        return "lesion_presence"
+    return "diagnosis"
+
+
+def training_patches(args: TrainingArguments, config, train_split) -> MirrorPatchDataset:
+    """The training patches of the run: `--positives_only`, `--balance_groups` (groups from the task's
+    `case_group`, e.g. the tracer), `--clip_intensities`, augmentation and the class-label source."""
+    groups = None
+    if args.balance_groups:
+        groups = [get_task(args.dataset).case_group(case_id) for case_id in train_split["case_id"]]
+    return MirrorPatchDataset(
+        train_split,
+        config,
+        config.patch_size,
+        args.patches_per_volume,
+        tuple(args.pos_neg_ratio),
+        seed=args.seed,
+        augmentation=args.augment,
+        positives_only=args.positives_only,
+        groups=groups,
+        class_labels=class_label_source(config),
+        clip_intensities=args.clip_intensities,
+    )
+
+
+def sampling_info(train_set: MirrorPatchDataset) -> dict:
+    """What an epoch of the run samples, for `training_args.json` and the run header."""
+    return {
+        "epoch_studies": len(train_set.order),
+        "epoch_patches": len(train_set),
+        "epoch_sampling": train_set.order.describe(),
+    }
 
 
 def uses_phantoms(args: TrainingArguments, data_dir: str) -> bool:

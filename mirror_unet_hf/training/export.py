@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..files import replace_folder
 from ..hub.checkpoint_files import write_metrics, write_training_args
+from ..validation import split_groups
 from .arguments import TrainingArguments
 from .model import base_model_id
 
@@ -33,22 +34,27 @@ def training_run_info(args: TrainingArguments, accelerator, dataset, data_dir: s
 
 def write_run_files(folder: Path, run_info: dict, metrics: dict | None, step: int) -> None:
     """`training_args.json` and, when the run was validated, `metrics.json` (the format `push` and the model
-    card read: task, dataset, split, number of studies, step, and the summary metrics)."""
+    card read: task, dataset, split, number of studies, step, and the summary metrics; the task's groups, e.g.
+    `{"fdg": {"num_studies": 3, "dice": ...}, "psma": {...}}`, under `groups` when it has any)."""
     write_training_args(folder, run_info)
     if metrics is None:
         return
     task = run_info["dataset"]
-    write_metrics(
-        folder,
-        {
-            "task": task,
-            "dataset": f"{task}-phantoms" if run_info["phantoms"] else task,
-            "split": f"validation (fold {run_info['fold']} of {run_info['num_folds']})",
-            "num_studies": int(metrics.get("num_studies", 0)),
-            "step": step,
-            "metrics": {k: v for k, v in metrics.items() if k != "num_studies"},
-        },
-    )
+    overall, groups = split_groups(metrics)
+    payload = {
+        "task": task,
+        "dataset": f"{task}-phantoms" if run_info["phantoms"] else task,
+        "split": f"validation (fold {run_info['fold']} of {run_info['num_folds']})",
+        "num_studies": int(overall.get("num_studies", 0)),
+        "step": step,
+        "metrics": {k: v for k, v in overall.items() if k != "num_studies"},
+    }
+    if groups:
+        payload["groups"] = {
+            group: {k: int(v) if k == "num_studies" else v for k, v in values.items()}
+            for group, values in groups.items()
+        }
+    write_metrics(folder, payload)
 
 
 class Exporter:

@@ -144,7 +144,7 @@ class LossWindow:
 
 class Evaluator:
     """Whole-volume validation of the validation studies, split between the processes and gathered, with the
-    sliding window of `predict`."""
+    sliding window of `predict`; the summary has the task's groups too (`fdg/dice`, `psma/dice`, ...)."""
 
     def __init__(self, accelerator, studies, task: str, settings: SlidingWindowSettings):
         self.accelerator = accelerator
@@ -160,7 +160,7 @@ class Evaluator:
             rows = validate(bare, (self.studies[i] for i in mine), self.task, self.settings)
         rows = gather_object(rows)
         model.train()
-        return summarise(sorted(rows, key=lambda r: r["case_id"]))
+        return summarise(sorted(rows, key=lambda r: r["case_id"]), self.task)
 
     def score(self, metrics: dict) -> float:
         """The number that picks `best/` (higher is better)."""

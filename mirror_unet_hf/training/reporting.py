@@ -35,7 +35,10 @@ def run_header(run_info: dict, parameters: int, precision: str, device: str) -> 
         f"data          {run_info['dataset']}: {data}{run_info['data_dir']} "
         f"({run_info['train_studies']} training / {run_info['validation_studies']} validation studies, "
         f"fold {run_info['fold']} of {run_info['num_folds']})",
-        f"patches       {run_info['patches_per_volume']} per study, augmentation {run_info['augment']}",
+        f"patches       {run_info['patches_per_volume']} per study, augmentation {run_info['augment']}"
+        + ("" if run_info["clip_intensities"] else ", intensity windows not clipped")
+        + (", one study per batch" if run_info["patches_from_one_study"] else ""),
+        f"epoch         {run_info['epoch_sampling']}: {run_info['epoch_patches']} patches",
         f"batch         {batch}",
         f"processes     {run_info['num_processes']} on {device}, {run_info['num_workers']} DataLoader worker(s) each",
         f"precision     {'fp32' if precision == 'no' else precision + ' mixed precision'}"
