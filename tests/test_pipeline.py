@@ -302,3 +302,11 @@ def test_an_old_hub_repo_is_fixed_by_pushing_it_again(from_the_hub):
     assert repushed["model.safetensors"] == (hub_run.old / "model.safetensors").read_bytes()
     assert (hub_run.old / "config.json").read_bytes() == old_files["config.json"]  # the folder was only read
     assert np.array_equal(np.load(hub_run.root / "mask_repushed.npy"), np.load(hub_run.root / "mask_dict.npy"))
+
+
+def test_the_pipelines_lesion_columns_are_the_packages():
+    """The pipeline is remote code and cannot import mirror_unet_hf.lesions, so it keeps its own copy of the
+    column names: this fails when the two drift."""
+    from mirror_unet_hf import lesions, pipeline_mirror_unet
+
+    assert pipeline_mirror_unet.LESION_COLUMNS == lesions.LESION_COLUMNS

@@ -230,7 +230,7 @@ def test_batch_dice_gradients_of_two_processes_are_the_whole_batch_gradients_onl
     command = torchrun + [str(script), mode, str(tmp_path / "grads.pt"), str(Path(__file__).parent)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=train_env())
     assert result.returncode == 0, result.stderr[-3000:]
-    got = torch.load(tmp_path / "grads.pt")
+    got = torch.load(tmp_path / "grads.pt", weights_only=True)
     relative = ((got - expected).norm() / expected.norm()).item()
     if mode == "pooled":
         assert relative < 1e-5
